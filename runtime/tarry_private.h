@@ -2,12 +2,107 @@
 #ifndef TARRY_PRIVATE_H
 #define TARRY_PRIVATE_H
 
+#include <stddef.h>
 #include <lua.h>
 #include <lauxlib.h>
+#include <libpq-fe.h>
 
+#include <jansson.h>
 #include "json.h"
 
-/* core.c: builds the tarry.core module table.  [-0, +1, e] */
+/* The JSON codec (json.c); declared in json.h too. */
+json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_only, char *err, size_t errlen);
+char *tarry_json_dump(const json_t *j);
+void tarry_json_push(lua_State *L, const json_t *j);
+int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+#include "tarry.h"
+
+#define TARRY_APP_MT "tarry.App"
+#define TARRY_SYNC_MT "tarry.SyncPgConnector"
+#define TARRY_PG_MT "tarry.PgConnector"
+#define TARRY_CO_MT "tarry.Coroutine"
+#define TARRY_ERROR_MT "tarry.Error"
+
+/* ---- core.c ---- */
 int tarry_open_core(lua_State *L);
+/* Store/fetch a Lua table of methods shared between files, by type name.  [-0, +1, -] */
+void tarry_newclass(lua_State *L, const char *tname, const luaL_Reg *methods);
+
+/* ---- runtime.c: the per-state runtime: one private libev loop and the coroutine scheduler ---- */
+typedef struct tarry_co tarry_co;
+/* The runtime of this Lua state, created on first use (kept in the registry).  [-0, +0, m] */
+tarry_rt *tarry_rt_get(lua_State *L);
+/* Push the runtime's anchor userdata (objects that use the loop keep it alive).  [-0, +1, m] */
+void tarry_rt_push_anchor(lua_State *L);
+struct ev_loop *tarry_rt_loop(tarry_rt *rt);
+/* The tarry coroutine running in L if tarry owns it and it can yield here, else NULL. */
+tarry_co *tarry_rt_current(lua_State *L);
+/* Park the running tarry coroutine h until tarry_rt_wake; must be used as `return tarry_rt_park(L, h)`.
+   The waker pushes `true, results...` or `false, err` onto tarry_co_state(h) first; the park
+   returns the results to the Lua caller, or raises err. */
+int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cancel_data);
+lua_State *tarry_co_state(tarry_co *h);
+void tarry_rt_wake(tarry_co *h, int nvalues);
+/* The pending wait's owner freed it: the runtime must not cancel it any more. */
+void tarry_co_forget_wait(tarry_co *h);
+int tarry_rt_spawn(lua_State *L, int first_arg);   /* [-0, +1, e] fn and args from first_arg up */
+int tarry_rt_run(lua_State *L);                    /* [-0, +0, e] */
+int tarry_rt_sleep(lua_State *L);                  /* core.sleep(seconds) */
+double tarry_now(void);                            /* wall clock, seconds since the epoch */
+void tarry_runtime_open(lua_State *L);             /* registers tarry.Coroutine */
+
+/* ---- errors.c: error objects {code=, message=, sqlstate=, constraint=} ---- */
+/* Push a new error object.  [-0, +1, m] */
+void tarry_push_error(lua_State *L, const char *code, const char *fmt, ...);
+/* Push the error object for a failed PGresult (NULL: use the connection's message).  [-0, +1, m] */
+void tarry_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res);
+void tarry_errors_open(lua_State *L);
+
+/* ---- pg.c: libpq helpers shared by the connectors ---- */
+typedef enum { TARRY_RESULT_ROWS, TARRY_RESULT_IDS } tarry_result_kind;
+typedef struct tarry_query {
+    const char *sql;
+    int nparams;                  /* 0: sent as a simple query (several statements allowed) */
+    const char *const *params;    /* NULL entries are SQL NULLs */
+    tarry_result_kind kind;
+} tarry_query;
+#define TARRY_MAX_PARAMS 32
+/* Connect with a blocking call bounded by connect_timeout; NULL with a message in err on failure. */
+PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, size_t errlen);
+/* Non-blocking connect start with the same parameters (PQconnectStartParams). */
+PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout);
+/* 1 if an idle connection is still usable (reads what the server sent without blocking). */
+int tarry_pg_idle_ok(PGconn *conn);
+/* Push a successful result as the query's kind asks (rows table or ids array).  [-0, +1, m] */
+void tarry_pg_push_result(lua_State *L, const PGresult *res, tarry_result_kind kind);
+int tarry_pg_result_ok(const PGresult *res);
+/* Run q blocking on conn; push the result (return 1) or an error object (return 0). */
+int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q);
+/* A printable description of a conninfo, without its password. */
+void tarry_pg_describe(const char *conninfo, char *out, size_t outlen);
+/* Read query parameters from Lua values at [first, last] into params (strings kept on the stack).  */
+int tarry_pg_params(lua_State *L, int first, int last, const char **params);
+
+/* ---- sync_connector.c ---- */
+typedef struct tarry_sync tarry_sync;
+tarry_sync *tarry_sync_check(lua_State *L, int idx);
+tarry_sync *tarry_sync_test(lua_State *L, int idx);
+/* Push a new SyncPgConnector.  [-0, +1, e] */
+tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int max_size, int connect_timeout);
+/* Run q on a pooled blocking connection; pushes the result, or raises the error object.  [-0, +1, e] */
+int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q);
+void tarry_sync_open(lua_State *L);
+
+/* ---- pg_connector.c ---- */
+/* Run q through the connector at idx, choosing at call time: the async pool (yielding only this
+   coroutine) inside an owned coroutine once open, else a blocking connection. Use as
+   `return tarry_connector_query(...)`: it pushes one result or raises an error object. */
+int tarry_connector_query(lua_State *L, int idx, const tarry_query *q);
+/* 1 if the value at idx is one of the C connectors. */
+int tarry_is_c_connector(lua_State *L, int idx);
+void tarry_pg_connector_open(lua_State *L);
+
+/* ---- app.c ---- */
+void tarry_app_open(lua_State *L);
 
 #endif

@@ -1,0 +1,226 @@
+--- The `tarry` command line. Each command's options also read a TARRY_<OPTION> environment
+-- variable (--queueing-lock: TARRY_QUEUEING_LOCK); the command line wins. Exit codes: 0 done,
+-- 1 the work failed (database down, job already enqueued, ...), 2 the command line is wrong.
+local tarry = require "tarry"
+local timeparse = require "tarry.timeparse"
+
+local M = {}
+
+local USAGE = [[
+usage: tarry [--conninfo CONNINFO] COMMAND [OPTIONS]
+
+commands:
+  defer [--app FILE] TASK [JSON]   defer one job of TASK with JSON-object arguments
+        --queue Q --lock L --queueing-lock QL --priority N
+        --at ISO8601 | --in SECONDS  --ignore-already-enqueued  --unknown
+  schema --apply | --read         create tarry's (Procrastinate 3.9) schema, or print its SQL
+  healthchecks                    check the database connection and the schema
+  run FILE.lua [ARGS...]          run a Lua script inside tarry's runtime
+  version                         print tarry's version
+
+--conninfo (or TARRY_CONNINFO) is a libpq connection string; without it, libpq's PG*
+environment variables apply. --app FILE (or TARRY_APP) is a Lua file returning a tarry.App.
+]]
+
+local UsageError = {}
+
+local function usage_error(fmt, ...)
+  error(setmetatable({ message = string.format(fmt, ...) }, UsageError), 0)
+end
+
+--- Parse argv[first..] against a spec {name = "value"|"flag"}; positional arguments in order.
+local function parse(argv, first, spec)
+  local opts, pos, i = {}, {}, first
+  while i <= #argv do
+    local a = argv[i]
+    if a == "--" then
+      for j = i + 1, #argv do pos[#pos + 1] = argv[j] end
+      break
+    elseif a:sub(1, 2) == "--" and #a > 2 then
+      local name, value = a:match("^%-%-([^=]+)=(.*)$")
+      name = name or a:sub(3)
+      local kind = spec[name]
+      if not kind then usage_error("unknown option --%s", name) end
+      if kind == "flag" then
+        if value then usage_error("option --%s takes no value", name) end
+        opts[name] = true
+      else
+        if not value then
+          i = i + 1
+          value = argv[i]
+          if value == nil then usage_error("option --%s needs a value", name) end
+        end
+        opts[name] = value
+      end
+    elseif a:sub(1, 1) == "-" and #a > 1 and not tonumber(a) then
+      usage_error("unknown option %s", a)
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  for name, kind in pairs(spec) do           -- TARRY_* variables fill what the command line left out
+    if opts[name] == nil then
+      local env = os.getenv("TARRY_" .. name:upper():gsub("%-", "_"))
+      if env and env ~= "" then
+        if kind == "flag" then opts[name] = env ~= "0" and env:lower() ~= "false" else opts[name] = env end
+      end
+    end
+  end
+  return opts, pos
+end
+M.parse = parse
+
+local function connector(global)
+  return tarry.PgConnector{ conninfo = global.conninfo }
+end
+
+local function load_app(path)
+  local chunk, err = loadfile(path)
+  if not chunk then usage_error("cannot load --app %s: %s", path, err) end
+  local app = chunk()
+  if type(app) ~= "userdata" or not tostring(app):match("^<tarry%.App") then
+    usage_error("--app %s must return a tarry.App (it returned %s)", path, type(app))
+  end
+  return app
+end
+
+local function decode_args(text)
+  local ok, value = pcall(tarry.json.decode, text)
+  if not ok then usage_error("JSON arguments are malformed: %s", tostring(value):gsub("\n", " ")) end
+  if type(value) ~= "table" or tarry.is_array(value) then
+    usage_error("JSON arguments must be an object, like '{\"a\": 1}'")
+  end
+  return value
+end
+
+local function integer_option(opts, name)
+  if opts[name] == nil then return nil end
+  local n = math.tointeger(tonumber(opts[name]))
+  if not n then usage_error("--%s must be an integer, got %q", name, opts[name]) end
+  return n
+end
+
+local function schedule(opts)
+  if opts.at and opts["in"] then usage_error("give --at or --in, not both") end
+  if opts.at then
+    local t, err = timeparse.iso8601(opts.at)
+    if not t then usage_error("--at: %s", err) end
+    return { schedule_at = t }
+  end
+  if opts["in"] then
+    local s = tonumber(opts["in"])
+    if not s or s ~= s then usage_error("--in must be a number of seconds, got %q", opts["in"]) end
+    return { schedule_in = s }
+  end
+  return {}
+end
+
+local DEFER_SPEC = { app = "value", queue = "value", lock = "value", ["queueing-lock"] = "value",
+  priority = "value", at = "value", ["in"] = "value", ["ignore-already-enqueued"] = "flag",
+  unknown = "flag" }
+
+local function cmd_defer(argv, first, global)
+  local opts, pos = parse(argv, first, DEFER_SPEC)
+  if #pos < 1 or #pos > 2 then usage_error("defer needs TASK and optionally JSON arguments") end
+  local task_name, args = pos[1], decode_args(pos[2] or "{}")
+  local app = opts.app and load_app(opts.app) or tarry.App{ connector = connector(global) }
+  if opts.app and not app:find_task(task_name) and not opts.unknown then
+    usage_error("task %q is not in %s (pass --unknown to defer it anyway)", task_name, opts.app)
+  end
+  local overrides = schedule(opts)
+  overrides.queue, overrides.lock = opts.queue, opts.lock
+  overrides.queueing_lock, overrides.priority = opts["queueing-lock"], integer_option(opts, "priority")
+  local ok, res = pcall(function() return app:configure_task(task_name, overrides):defer(args) end)
+  if ok then
+    print(string.format("deferred job %d: %s %s", res, task_name, tarry.json.encode(args)))
+    return 0
+  end
+  if tarry.is_error(res) and res.code == "already_enqueued" and opts["ignore-already-enqueued"] then
+    print(string.format("not deferred: a %s job with queueing lock %q is already waiting", task_name,
+      tostring(overrides.queueing_lock)))
+    return 0
+  end
+  error(res, 0)
+end
+
+local function cmd_schema(argv, first, global)
+  local opts = parse(argv, first, { apply = "flag", read = "flag" })
+  local schema = require "tarry.schema"
+  if opts.apply == opts.read then usage_error("schema needs exactly one of --apply or --read") end
+  if opts.read then io.write(schema.sql()); return 0 end
+  local conn = tarry.SyncPgConnector{ conninfo = global.conninfo, max_size = 1 }
+  local state, which = schema.apply(conn)
+  conn:close()
+  if state == "applied" then print("schema applied") else print("schema already present (" .. tostring(which) .. "): nothing changed") end
+  return 0
+end
+
+local function cmd_healthchecks(argv, first, global)
+  parse(argv, first, {})
+  local conn = tarry.SyncPgConnector{ conninfo = global.conninfo, max_size = 1 }
+  conn:execute("SELECT 1")
+  print("Database connection: OK")
+  local rows = conn:execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present")
+  conn:close()
+  if not rows[1].present then
+    io.stderr:write("tarry: procrastinate_jobs table not found: apply the schema with `tarry schema --apply`\n")
+    return 1
+  end
+  print("Found procrastinate_jobs table: OK")
+  return 0
+end
+
+local function cmd_run(argv, first)
+  local file = argv[first]
+  if not file then usage_error("run needs a Lua file") end
+  local chunk, err = loadfile(file)
+  if not chunk then usage_error("cannot load %s: %s", file, err) end
+  local script_arg = { [0] = file }
+  for i = first + 1, #argv do script_arg[#script_arg + 1] = argv[i] end
+  _G.arg = script_arg
+  local rv = chunk(table.unpack(script_arg))
+  if math.type(rv) == "integer" then return rv end
+  return 0
+end
+
+local COMMANDS = { defer = cmd_defer, schema = cmd_schema, healthchecks = cmd_healthchecks, run = cmd_run }
+
+local function dispatch(argv)
+  local global, i = {}, 1
+  while argv[i] and argv[i]:sub(1, 1) == "-" do
+    local a = argv[i]
+    if a == "--help" or a == "-h" then io.write(USAGE); return 0 end
+    if a == "--version" then print("tarry " .. tarry.version); return 0 end
+    local v = a:match("^%-%-conninfo=(.*)$")
+    if a == "--conninfo" then i = i + 1; v = argv[i]; if not v then usage_error("--conninfo needs a value") end end
+    if not v then usage_error("unknown option %s", a) end
+    global.conninfo = v
+    i = i + 1
+  end
+  global.conninfo = global.conninfo or os.getenv("TARRY_CONNINFO")
+  local name = argv[i]
+  if name == nil then io.stderr:write(USAGE); return 2 end
+  if name == "help" then io.write(USAGE); return 0 end
+  if name == "version" then print("tarry " .. tarry.version); return 0 end
+  local cmd = COMMANDS[name]
+  if not cmd then usage_error("unknown command %q (try tarry --help)", name) end
+  return cmd(argv, i + 1, global)
+end
+
+--- Entry point of the executable: returns the exit code.
+function M.main(argv)
+  local ok, res = pcall(dispatch, argv)
+  if ok then return res or 0 end
+  if getmetatable(res) == UsageError then
+    io.stderr:write("tarry: ", res.message, "\n")
+    return 2
+  end
+  if tarry.is_error(res) then
+    io.stderr:write(tostring(res), "\n")
+    return 1
+  end
+  error(res, 0)
+end
+
+return M

@@ -1,0 +1,51 @@
+--- tarry: a job runner for Lua, compatible with Procrastinate's PostgreSQL protocol.
+--
+--     local tarry = require "tarry"
+--     local app = tarry.App{ connector = tarry.PgConnector{ conninfo = "dbname=jobs" } }
+--     local add = app:task("add", { queue = "math" }, function(args) return args.a + args.b end)
+--     add:defer{ a = 1, b = 2 }
+--
+-- The mechanism (the app object, connectors, the defer path, the loop) is C, in tarry.core;
+-- this file and its siblings add the Lua-side policy and sugar.
+local core = require "tarry.core"
+local app_methods = require "tarry.app"
+local memory = require "tarry.memory"
+
+local tarry = {
+  version = core.version,
+  PgConnector = core.PgConnector,
+  SyncPgConnector = core.SyncPgConnector,
+  MemoryConnector = memory.new,
+  --- Sleep `seconds`: parks only the current coroutine inside a tarry coroutine, blocks elsewhere.
+  sleep = core.sleep,
+  --- Wall-clock time in seconds since the epoch, with sub-second precision.
+  now = core.now,
+  --- Mark a table as a JSON array (`tarry.array()` is the empty array `[]`).
+  array = core.array,
+  is_array = core.is_array,
+  --- JSON null, in job arguments and decoded results.
+  null = core.null,
+  json = { encode = core.json_encode, decode = core.json_decode },
+  --- true when v is a tarry error object (it has `code`, `message`, maybe `sqlstate`).
+  is_error = core.is_error,
+  --- true when the calling code runs in a coroutine tarry owns (where defer yields).
+  in_coroutine = core.in_coroutine,
+}
+
+app_methods.install(core.App_methods)
+
+--- Create an app: `tarry.App{ connector = c }`.
+function tarry.App(opts)
+  if type(opts) ~= "table" then
+    error("tarry.App expects a table: tarry.App{ connector = tarry.PgConnector{...} }", 2)
+  end
+  for k in pairs(opts) do
+    if k ~= "connector" then error("tarry.App: unknown option '" .. tostring(k) .. "'", 2) end
+  end
+  if opts.connector == nil then
+    error("tarry.App needs a connector: tarry.App{ connector = tarry.PgConnector{...} }", 2)
+  end
+  return core.App(opts.connector)
+end
+
+return tarry

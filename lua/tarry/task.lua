@@ -1,0 +1,134 @@
+--- Tasks as an app sees them: a task definition (shared by every app over the same registry)
+-- bound to one app, whose connector its defers go through.
+local core = require "tarry.core"
+local options = require "tarry.options"
+
+local Task = { __name = "tarry.Task" }
+local Deferrer = { __name = "tarry.JobDeferrer" }
+
+local TASK_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
+  retry = true, aliases = true }
+local DEFER_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
+  schedule_in = true, schedule_at = true }
+
+--- Build a task definition from app:task's arguments (validated; raises at the caller's level).
+function Task.definition(name, opts, fn, level)
+  options.check_name(name, "app:task", level + 1)
+  opts = options.check_known(opts, TASK_OPTIONS, "app:task", level + 1)
+  if type(fn) ~= "function" then
+    error(string.format("app:task(%q): the task must be a function, got %s", name, type(fn)), level + 1)
+  end
+  local what = string.format("app:task(%q)", name)
+  options.check_queue(opts.queue, what, level + 1)
+  options.check_priority(opts.priority, what, level + 1)
+  options.check_string(opts.lock, "lock", what, level + 1)
+  options.check_string(opts.queueing_lock, "queueing_lock", what, level + 1)
+  local aliases = opts.aliases or {}
+  if type(aliases) ~= "table" then error(what .. ": aliases must be a list of names", level + 1) end
+  for _, a in ipairs(aliases) do options.check_name(a, what .. " alias", level + 1) end
+  return {
+    name = name, fn = fn, queue = opts.queue or "default", priority = opts.priority or 0,
+    lock = opts.lock, queueing_lock = opts.queueing_lock, aliases = aliases,
+    retry = options.check_retry(opts.retry, what, level + 1),
+  }
+end
+
+--- A definition for a task this app does not know (app:configure_task).
+function Task.unknown_definition(name, level)
+  options.check_name(name, "app:configure_task", level + 1)
+  return { name = name, queue = "default", priority = 0, aliases = {} }
+end
+
+function Task.bind(app, def)
+  return setmetatable({ app = app, def = def, name = def.name }, Task)
+end
+
+local function scheduled_at(o, what, level)
+  if o.schedule_in ~= nil and o.schedule_at ~= nil then
+    error(what .. ": give schedule_in or schedule_at, not both", level + 1)
+  end
+  if o.schedule_in ~= nil then
+    if type(o.schedule_in) ~= "number" or o.schedule_in ~= o.schedule_in then
+      error(what .. ": schedule_in must be a number of seconds", level + 1)
+    end
+    return core.now() + o.schedule_in
+  end
+  if o.schedule_at ~= nil and type(o.schedule_at) ~= "number" then
+    error(what .. ": schedule_at must be a unix time (number of seconds)", level + 1)
+  end
+  return o.schedule_at
+end
+
+--- The job to insert: the task's options overridden by the defer's.
+local function job(def, o, args, at)
+  return {
+    task_name = def.name, queue = o.queue or def.queue, priority = o.priority or def.priority,
+    lock = o.lock or def.lock, queueing_lock = o.queueing_lock or def.queueing_lock,
+    args = args, scheduled_at = at,
+  }
+end
+
+local function new_deferrer(app, def, overrides, level)
+  local what = string.format("configure(%q)", def.name)
+  local o = options.check_known(overrides, DEFER_OPTIONS, what, level + 1)
+  options.check_queue(o.queue, what, level + 1)
+  options.check_priority(o.priority, what, level + 1)
+  options.check_string(o.lock, "lock", what, level + 1)
+  options.check_string(o.queueing_lock, "queueing_lock", what, level + 1)
+  scheduled_at(o, what, level + 1)
+  return setmetatable({ app = app, def = def, overrides = o }, Deferrer)
+end
+Task.new_deferrer = new_deferrer
+
+--- task:configure{ queue=, priority=, lock=, queueing_lock=, schedule_in=, schedule_at= } -> deferrer
+function Task:configure(overrides)
+  return new_deferrer(self.app, self.def, overrides, 2)
+end
+
+--- task:defer(args) -> job id. Raises an error object when the job was not deferred.
+function Task:defer(args)
+  return self.app:_defer_jobs({ job(self.def, {}, args) })[1]
+end
+
+--- task:batch_defer{ args1, args2, ... } -> ids, in order; one statement, all or nothing.
+function Task:batch_defer(list)
+  return Deferrer.batch_defer({ app = self.app, def = self.def, overrides = {} }, list)
+end
+
+--- Calling a task runs its function directly (no job): task(args, ctx).
+function Task:__call(args, ctx)
+  if not self.def.fn then error(string.format("task %q has no function in this app", self.name), 2) end
+  return self.def.fn(args or {}, ctx)
+end
+
+function Task:__index(k)
+  local m = rawget(Task, k)
+  if m ~= nil then return m end
+  return rawget(self, "def")[k]
+end
+
+function Task:__tostring()
+  return string.format("<tarry.Task %s queue=%s>", self.def.name, self.def.queue)
+end
+
+Deferrer.__index = Deferrer
+
+function Deferrer:defer(args)
+  local at = scheduled_at(self.overrides, "defer", 2)
+  return self.app:_defer_jobs({ job(self.def, self.overrides, args, at) })[1]
+end
+
+function Deferrer:batch_defer(list)
+  if type(list) ~= "table" then error("batch_defer expects a list of argument tables", 2) end
+  local at = scheduled_at(self.overrides, "batch_defer", 2)
+  local jobs = {}
+  for i = 1, #list do jobs[i] = job(self.def, self.overrides, list[i], at) end
+  return self.app:_defer_jobs(jobs)
+end
+
+function Deferrer:__tostring()
+  local o = self.overrides
+  return string.format("<tarry.JobDeferrer %s queue=%s>", self.def.name, o.queue or self.def.queue)
+end
+
+return Task

@@ -1,0 +1,168 @@
+/* libpq helpers shared by the blocking and the async connectors. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tarry_private.h"
+
+/* Keywords in this order: the conninfo (expanded as dbname) comes last so its own
+   connect_timeout or application_name win over tarry's defaults. */
+static void connect_params(const char *conninfo, int timeout, const char **kw, const char **val,
+                           char *timeout_buf, size_t buflen)
+{
+    snprintf(timeout_buf, buflen, "%d", timeout > 0 ? timeout : 5);
+    kw[0] = "connect_timeout";           val[0] = timeout_buf;
+    kw[1] = "fallback_application_name"; val[1] = "tarry";
+    kw[2] = "dbname";                    val[2] = conninfo;
+    kw[3] = NULL;                        val[3] = NULL;
+}
+
+PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, size_t errlen)
+{
+    const char *kw[4], *val[4];
+    char tbuf[16];
+    PGconn *conn;
+    connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
+    conn = PQconnectdbParams(kw, val, 1);
+    if (conn && PQstatus(conn) == CONNECTION_OK) return conn;
+    snprintf(err, errlen, "%s", conn ? PQerrorMessage(conn) : "out of memory");
+    for (size_t n = strlen(err); n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '); n--) err[n - 1] = 0;
+    PQfinish(conn);
+    return NULL;
+}
+
+PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout)
+{
+    const char *kw[4], *val[4];
+    char tbuf[16];
+    connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
+    return PQconnectStartParams(kw, val, 1);
+}
+
+int tarry_pg_idle_ok(PGconn *conn)
+{
+    if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) return 0;
+    if (!PQconsumeInput(conn)) return 0;   /* libpq sockets never block: this only reads */
+    return PQstatus(conn) == CONNECTION_OK;
+}
+
+int tarry_pg_result_ok(const PGresult *res)
+{
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY;
+}
+
+/* Push one field converted by its type: bool, integers, floats, json/jsonb, else text. */
+static void push_value(lua_State *L, const PGresult *res, int row, int col)
+{
+    const char *v = PQgetvalue(res, row, col);
+    int len = PQgetlength(res, row, col);
+    char err[128];
+    switch (PQftype(res, col)) {
+    case 16: lua_pushboolean(L, v[0] == 't'); break;                       /* bool */
+    case 20: case 21: case 23: case 26:                                    /* int8/2/4, oid */
+        lua_pushinteger(L, (lua_Integer)strtoll(v, NULL, 10)); break;
+    case 700: case 701: lua_pushnumber(L, strtod(v, NULL)); break;         /* float4/8 */
+    case 114: case 3802:                                                   /* json, jsonb */
+        if (!tarry_json_decode(L, v, (size_t)len, err, sizeof err)) lua_pushlstring(L, v, (size_t)len);
+        break;
+    default: lua_pushlstring(L, v, (size_t)len);
+    }
+}
+
+static void push_rows(lua_State *L, const PGresult *res)
+{
+    int nrows = PQntuples(res), ncols = PQnfields(res);
+    lua_createtable(L, nrows, 0);
+    for (int r = 0; r < nrows; r++) {
+        lua_createtable(L, 0, ncols);
+        for (int c = 0; c < ncols; c++) {
+            if (PQgetisnull(res, r, c)) continue;
+            push_value(L, res, r, c);
+            lua_setfield(L, -2, PQfname(res, c));
+        }
+        lua_rawseti(L, -2, r + 1);
+    }
+}
+
+static void push_ids(lua_State *L, const PGresult *res)
+{
+    int nrows = PQntuples(res), n = 0;
+    lua_createtable(L, nrows, 0);
+    for (int r = 0; r < nrows; r++) {
+        if (PQgetisnull(res, r, 0)) continue;
+        lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(res, r, 0), NULL, 10));
+        lua_rawseti(L, -2, ++n);
+    }
+}
+
+void tarry_pg_push_result(lua_State *L, const PGresult *res, tarry_result_kind kind)
+{
+    if (kind == TARRY_RESULT_IDS) push_ids(L, res);
+    else push_rows(L, res);
+}
+
+int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q)
+{
+    PGresult *res = q->nparams > 0
+        ? PQexecParams(conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0)
+        : PQexec(conn, q->sql);
+    int ok = tarry_pg_result_ok(res);
+    if (ok) tarry_pg_push_result(L, res, q->kind);
+    else tarry_push_pg_error(L, conn, res);
+    PQclear(res);
+    return ok;
+}
+
+/* A Lua value as a query parameter's text; pushes the string it points into. */
+static const char *param_text(lua_State *L, int i)
+{
+    char err[256];
+    switch (lua_type(L, i)) {
+    case LUA_TNIL: case LUA_TLIGHTUSERDATA: lua_pushnil(L); return NULL;    /* nil / tarry.null */
+    case LUA_TBOOLEAN: lua_pushstring(L, lua_toboolean(L, i) ? "true" : "false"); break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, i)) lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, i));
+        else { char buf[64]; snprintf(buf, sizeof buf, "%.17g", lua_tonumber(L, i)); lua_pushstring(L, buf); }
+        break;
+    case LUA_TSTRING: lua_pushvalue(L, i); break;
+    case LUA_TTABLE: {
+        json_t *j = tarry_json_from_lua(L, i, "parameter", 0, err, sizeof err);
+        char *text = j ? tarry_json_dump(j) : NULL;
+        json_decref(j);
+        if (!text) luaL_error(L, "query parameter %d: %s", i, j ? "cannot encode" : err);
+        lua_pushstring(L, text);
+        free(text);
+        break;
+    }
+    default: luaL_error(L, "query parameter %d: cannot send a %s", i, luaL_typename(L, i));
+    }
+    return lua_tostring(L, -1);
+}
+
+int tarry_pg_params(lua_State *L, int first, int last, const char **params)
+{
+    int n = last - first + 1;
+    if (n > TARRY_MAX_PARAMS) luaL_error(L, "too many query parameters (at most %d)", TARRY_MAX_PARAMS);
+    luaL_checkstack(L, n, "too many query parameters");
+    for (int i = 0; i < n; i++) params[i] = param_text(L, first + i);
+    return n < 0 ? 0 : n;
+}
+
+/* A printable description of a conninfo without secrets: "dbname=x host=y" ("(libpq defaults)"). */
+void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
+{
+    static const char *const shown[] = { "dbname", "host", "port", "user", NULL };
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    size_t used = 0;
+    out[0] = 0;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        for (int i = 0; shown[i]; i++) {
+            if (strcmp(o->keyword, shown[i]) != 0 || !o->val || !*o->val) continue;
+            int n = snprintf(out + used, outlen - used, "%s%s=%s", used ? " " : "", o->keyword, o->val);
+            if (n > 0 && (size_t)n < outlen - used) used += (size_t)n;
+        }
+    }
+    PQconninfoFree(opts);
+    if (!used) snprintf(out, outlen, "(libpq defaults)");
+}

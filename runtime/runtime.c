@@ -1,0 +1,519 @@
+/* The per-state runtime: a private libev loop and the scheduler of the coroutines tarry owns.
+ *
+ * A tarry coroutine is a Lua thread started by spawn (later also by the worker, one per job).
+ * It runs until it parks on an event (a timer, a query on an async connection, another
+ * coroutine's end); the event's callback pushes the outcome onto the coroutine's stack and
+ * resumes it from the thread that drives the loop (run() or handle:result()). A plain
+ * coroutine.yield() inside a tarry coroutine just lets the others run first. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <ev.h>
+
+#include "tarry_private.h"
+
+static const char RT_KEY = 'r';       /* registry: the runtime's anchor userdata */
+static const char OWNED_KEY = 'o';    /* registry: thread -> handle of every running coroutine */
+static const char UNSEEN_KEY = 'u';   /* registry: handle -> true for failures nobody looked at */
+
+enum { CO_RUNNING, CO_OK, CO_ERROR };
+
+struct tarry_rt {
+    struct ev_loop *loop;
+    lua_State *L;           /* the thread driving the loop, while one does */
+    int alive;              /* spawned coroutines that have not finished */
+    int driving;
+    ev_idle ready;          /* runs the ready queue without blocking the loop */
+    tarry_co *ready_head, *ready_tail;
+};
+
+/* The handle userdata. User values: 1 the thread, 2 the outcome table, 3 the joiners. */
+struct tarry_co {
+    tarry_rt *rt;
+    lua_State *co;
+    int nargs;              /* values on the coroutine's stack for its next resume */
+    int status;
+    int waiting;            /* parked on an event (else a plain yield: it is ready again) */
+    void (*cancel)(void *); /* undoes the pending wait if the runtime goes away first */
+    void *cancel_data;
+    tarry_co *next_ready;
+};
+
+static void co_resume(tarry_co *h);
+
+double tarry_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void push_registry_table(lua_State *L, const void *key)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE) return;
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+/* ---- the ready queue ---- */
+
+static void ready_push(tarry_co *h)
+{
+    tarry_rt *rt = h->rt;
+    h->next_ready = NULL;
+    if (rt->ready_tail) rt->ready_tail->next_ready = h; else rt->ready_head = h;
+    rt->ready_tail = h;
+    ev_idle_start(rt->loop, &rt->ready);
+}
+
+static void ready_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    tarry_rt *rt = w->data;
+    tarry_co *batch = rt->ready_head;
+    (void)revents;
+    rt->ready_head = rt->ready_tail = NULL;
+    ev_idle_stop(loop, w);
+    while (batch) {
+        tarry_co *h = batch;
+        batch = h->next_ready;
+        h->next_ready = NULL;
+        co_resume(h);
+    }
+}
+
+/* ---- the runtime object ---- */
+
+static int rt_gc(lua_State *L)
+{
+    tarry_rt **p = lua_touserdata(L, 1);
+    tarry_rt *rt = *p;
+    if (!rt) return 0;
+    push_registry_table(L, &OWNED_KEY);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {          /* undo the waits of coroutines still parked */
+        tarry_co *h = lua_touserdata(L, -1);
+        if (h && h->cancel) { h->cancel(h->cancel_data); h->cancel = NULL; }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    ev_idle_stop(rt->loop, &rt->ready);
+    ev_loop_destroy(rt->loop);
+    free(rt);
+    *p = NULL;
+    return 0;
+}
+
+static tarry_rt *rt_create(lua_State *L)
+{
+    tarry_rt **p = lua_newuserdatauv(L, sizeof *p, 0);
+    tarry_rt *rt = calloc(1, sizeof *rt);
+    *p = NULL;
+    if (!rt) luaL_error(L, "out of memory");
+    rt->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (!rt->loop) { free(rt); luaL_error(L, "tarry: cannot create an event loop"); }
+    ev_idle_init(&rt->ready, ready_cb);
+    rt->ready.data = rt;
+    *p = rt;
+    lua_newtable(L);
+    lua_pushcfunction(L, rt_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &RT_KEY);
+    return rt;
+}
+
+tarry_rt *tarry_rt_get(lua_State *L)
+{
+    tarry_rt *rt = NULL;
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &RT_KEY) == LUA_TUSERDATA)
+        rt = *(tarry_rt **)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return rt ? rt : rt_create(L);
+}
+
+void tarry_rt_push_anchor(lua_State *L)
+{
+    tarry_rt_get(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &RT_KEY);
+}
+
+struct ev_loop *tarry_rt_loop(tarry_rt *rt) { return rt->loop; }
+lua_State *tarry_co_state(tarry_co *h) { return h->co; }
+
+/* ---- ownership ---- */
+
+tarry_co *tarry_rt_current(lua_State *L)
+{
+    tarry_co *h;
+    if (!lua_isyieldable(L)) return NULL;
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &OWNED_KEY) != LUA_TTABLE) { lua_pop(L, 1); return NULL; }
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    h = luaL_testudata(L, -1, TARRY_CO_MT);
+    lua_pop(L, 2);
+    return (h && h->status == CO_RUNNING && h->co == L) ? h : NULL;
+}
+
+/* Push the handle of a running coroutine (looked up by its thread) onto L.  [-0, +1, -] */
+static void push_handle(lua_State *L, tarry_co *h)
+{
+    push_registry_table(L, &OWNED_KEY);
+    lua_pushthread(h->co);
+    lua_xmove(h->co, L, 1);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+}
+
+/* ---- parking and waking ---- */
+
+static int park_k(lua_State *L, int status, lua_KContext base)
+{
+    int n = lua_gettop(L) - (int)base;
+    (void)status;
+    if (n < 1) return 0;
+    if (!lua_toboolean(L, (int)base + 1)) {
+        lua_pushvalue(L, (int)base + 2);
+        return lua_error(L);
+    }
+    return n - 1;
+}
+
+int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cancel_data)
+{
+    h->waiting = 1;
+    h->cancel = cancel;
+    h->cancel_data = cancel_data;
+    return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), park_k);
+}
+
+void tarry_rt_wake(tarry_co *h, int nvalues)
+{
+    h->nargs = nvalues;
+    co_resume(h);
+}
+
+/* ---- finishing ---- */
+
+/* Store the outcome in user value 2: {n=, ...} or {err=, traceback=}.  [-0, +0, m] */
+static void store_outcome(lua_State *L, int hidx, tarry_co *h, int st, int nres)
+{
+    lua_createtable(L, nres, 2);
+    if (st == LUA_OK) {
+        lua_xmove(h->co, L, nres);
+        for (int i = nres; i >= 1; i--) lua_rawseti(L, -(i + 1), i);
+        lua_pushinteger(L, nres);
+        lua_setfield(L, -2, "n");
+    } else {
+        lua_xmove(h->co, L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) luaL_traceback(L, h->co, lua_tostring(L, -1), 0);
+        else luaL_traceback(L, h->co, "(error object is not a string)", 0);
+        lua_setfield(L, -3, "traceback");
+        lua_setfield(L, -2, "err");
+    }
+    lua_setiuservalue(L, hidx, 2);
+}
+
+/* Push `true, results...` or `false, err` from handle at hidx onto thread T; returns count. */
+static int push_outcome(lua_State *L, int hidx, lua_State *T)
+{
+    tarry_co *h = lua_touserdata(L, hidx);
+    int n, t;
+    lua_getiuservalue(L, hidx, 2);
+    t = lua_gettop(L);
+    if (h->status == CO_ERROR) {
+        lua_pushboolean(T, 0);
+        lua_getfield(L, t, "err");
+        lua_xmove(L, T, 1);
+        lua_remove(L, t);
+        return 2;
+    }
+    lua_getfield(L, t, "n");
+    n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(T, n + 1, "too many results");
+    lua_pushboolean(T, 1);
+    for (int i = 1; i <= n; i++) { lua_rawgeti(L, t, i); lua_xmove(L, T, 1); }
+    lua_remove(L, t);
+    return n + 1;
+}
+
+static void wake_joiners(lua_State *L, int hidx)
+{
+    lua_getiuservalue(L, hidx, 3);
+    int nj = (int)luaL_len(L, -1);
+    for (int i = 1; i <= nj; i++) {
+        lua_rawgeti(L, -1, i);
+        tarry_co *j = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        if (j && j->status == CO_RUNNING) tarry_rt_wake(j, push_outcome(L, hidx, j->co));
+    }
+    lua_pop(L, 1);
+}
+
+static void co_finish(tarry_co *h, int st, int nres)
+{
+    tarry_rt *rt = h->rt;
+    lua_State *L = rt->L;
+    int hidx;
+    push_handle(L, h);
+    hidx = lua_gettop(L);
+    store_outcome(L, hidx, h, st, nres);
+    h->status = (st == LUA_OK) ? CO_OK : CO_ERROR;
+    if (st != LUA_OK) {
+        lua_resetthread(h->co);          /* runs its pending <close> variables */
+        push_registry_table(L, &UNSEEN_KEY);
+        lua_pushvalue(L, hidx);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+    }
+    push_registry_table(L, &OWNED_KEY);
+    lua_pushthread(h->co);
+    lua_xmove(h->co, L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    rt->alive--;
+    wake_joiners(L, hidx);
+    lua_pop(L, 1);
+    if (rt->alive == 0 && rt->driving) ev_break(rt->loop, EVBREAK_ONE);
+}
+
+static void co_resume(tarry_co *h)
+{
+    tarry_rt *rt = h->rt;
+    int nres, st, nargs = h->nargs;
+    h->nargs = 0;
+    h->waiting = 0;
+    h->cancel = NULL;
+    st = lua_resume(h->co, rt->L, nargs, &nres);
+    if (st == LUA_YIELD) {
+        lua_pop(h->co, nres);
+        if (!h->waiting) ready_push(h);
+        return;
+    }
+    co_finish(h, st, nres);
+}
+
+/* ---- spawn, run, result ---- */
+
+int tarry_rt_spawn(lua_State *L, int first)
+{
+    tarry_rt *rt = tarry_rt_get(L);
+    int top = lua_gettop(L), nargs = top - first;
+    lua_State *co;
+    tarry_co *h;
+    luaL_checktype(L, first, LUA_TFUNCTION);
+    co = lua_newthread(L);
+    h = lua_newuserdatauv(L, sizeof *h, 3);
+    memset(h, 0, sizeof *h);
+    h->rt = rt;
+    h->co = co;
+    h->nargs = nargs;
+    luaL_setmetatable(L, TARRY_CO_MT);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 1);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 3);
+    for (int i = first; i <= top; i++) lua_pushvalue(L, i);
+    lua_xmove(L, co, nargs + 1);
+    push_registry_table(L, &OWNED_KEY);
+    lua_pushvalue(L, -3);               /* thread */
+    lua_pushvalue(L, -3);               /* handle */
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_remove(L, -2);                  /* the thread */
+    rt->alive++;
+    ready_push(h);
+    return 1;
+}
+
+static void deadlock(lua_State *L, tarry_rt *rt)
+{
+    rt->driving = 0;
+    luaL_error(L, "tarry: %d coroutine(s) wait for an event that can never come (deadlock)", rt->alive);
+}
+
+/* Drive the loop on L until `until` finishes (or, when NULL, every coroutine has). */
+static void drive(lua_State *L, tarry_rt *rt, tarry_co *until)
+{
+    lua_State *prev = rt->L;
+    rt->driving = 1;
+    rt->L = L;
+    while (until ? until->status == CO_RUNNING : rt->alive > 0) {
+        /* libev does not block when no watcher is active and then returns 0 */
+        if (!ev_run(rt->loop, EVRUN_ONCE) && (until ? until->status == CO_RUNNING : rt->alive > 0)) {
+            rt->L = prev;
+            deadlock(L, rt);
+        }
+    }
+    rt->driving = 0;
+    rt->L = prev;
+}
+
+static void check_can_drive(lua_State *L, tarry_rt *rt, const char *what)
+{
+    if (tarry_rt_current(L))
+        luaL_error(L, "%s cannot be called from inside a tarry coroutine (it would block the loop)", what);
+    if (rt->driving)
+        luaL_error(L, "%s cannot be called here: tarry's loop is running but this code is not in a "
+                      "coroutine tarry owns (inside a C call or a coroutine of your own)", what);
+}
+
+/* Raise the first failure no one retrieved with :result(), if any.  */
+static void raise_unseen(lua_State *L)
+{
+    push_registry_table(L, &UNSEEN_KEY);
+    lua_pushnil(L);
+    if (!lua_next(L, -2)) { lua_pop(L, 1); return; }
+    lua_pop(L, 1);                               /* value */
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, -4);                           /* seen now */
+    lua_getiuservalue(L, -1, 2);
+    lua_getfield(L, -1, "err");
+    lua_error(L);
+}
+
+int tarry_rt_run(lua_State *L)
+{
+    tarry_rt *rt = tarry_rt_get(L);
+    check_can_drive(L, rt, "run()");
+    drive(L, rt, NULL);
+    raise_unseen(L);
+    return 0;
+}
+
+static void mark_seen(lua_State *L, int hidx)
+{
+    push_registry_table(L, &UNSEEN_KEY);
+    lua_pushvalue(L, hidx);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
+/* handle:result() -> the function's results, or raises its error. Waits (parks inside a
+   tarry coroutine, drives the loop elsewhere) while it is still running.  [-0, +n, e] */
+static int co_result(lua_State *L)
+{
+    tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
+    tarry_co *me;
+    lua_settop(L, 1);
+    if (h->status == CO_RUNNING) {
+        me = tarry_rt_current(L);
+        if (me == h) return luaL_error(L, "a coroutine cannot wait for its own result");
+        if (me) {
+            lua_getiuservalue(L, 1, 3);
+            push_handle(L, me);
+            lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+            lua_pop(L, 1);
+            mark_seen(L, 1);
+            return tarry_rt_park(L, me, NULL, NULL);
+        }
+        check_can_drive(L, h->rt, "handle:result()");
+        drive(L, h->rt, h);
+    }
+    mark_seen(L, 1);
+    int n = push_outcome(L, 1, L);
+    if (!lua_toboolean(L, -n)) return lua_error(L);
+    return n - 1;
+}
+
+static int co_status(lua_State *L)
+{
+    tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
+    static const char *const names[] = { "running", "succeeded", "failed" };
+    lua_pushstring(L, names[h->status]);
+    return 1;
+}
+
+static int co_tostring(lua_State *L)
+{
+    tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
+    static const char *const names[] = { "running", "succeeded", "failed" };
+    lua_pushfstring(L, "<tarry.Coroutine %s %p>", names[h->status], (void *)h);
+    return 1;
+}
+
+/* ---- sleep ---- */
+
+typedef struct sleep_wait {
+    ev_timer timer;
+    tarry_co *h;
+    struct ev_loop *loop;
+} sleep_wait;
+
+static void sleep_cancel(void *data)
+{
+    sleep_wait *w = data;
+    ev_timer_stop(w->loop, &w->timer);
+    free(w);
+}
+
+static void sleep_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    sleep_wait *w = (sleep_wait *)t;
+    tarry_co *h = w->h;
+    (void)revents;
+    ev_timer_stop(loop, t);
+    free(w);
+    lua_pushboolean(h->co, 1);
+    tarry_rt_wake(h, 1);
+}
+
+static void sleep_blocking(double s)
+{
+    struct timespec ts = { (time_t)s, (long)((s - floor(s)) * 1e9) };
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {}
+}
+
+/* tarry.sleep(seconds): parks the running tarry coroutine on a timer; blocks elsewhere. [-1, +0, e] */
+int tarry_rt_sleep(lua_State *L)
+{
+    double s = luaL_checknumber(L, 1);
+    tarry_co *h;
+    sleep_wait *w;
+    luaL_argcheck(L, s >= 0 && s == s && s < 1e9, 1, "must be a number of seconds >= 0");
+    h = tarry_rt_current(L);
+    if (!h) { sleep_blocking(s); return 0; }
+    w = malloc(sizeof *w);
+    if (!w) return luaL_error(L, "out of memory");
+    w->h = h;
+    w->loop = h->rt->loop;
+    ev_timer_init(&w->timer, sleep_cb, s, 0.);
+    ev_timer_start(w->loop, &w->timer);
+    lua_settop(L, 0);
+    return tarry_rt_park(L, h, sleep_cancel, w);
+}
+
+static int l_spawn(lua_State *L) { return tarry_rt_spawn(L, 1); }
+static int l_run(lua_State *L) { return tarry_rt_run(L); }
+static int l_now(lua_State *L) { lua_pushnumber(L, tarry_now()); return 1; }
+static int l_in_coroutine(lua_State *L) { lua_pushboolean(L, tarry_rt_current(L) != NULL); return 1; }
+
+void tarry_runtime_open(lua_State *L)
+{
+    static const luaL_Reg co_methods[] = {
+        { "result", co_result }, { "status", co_status }, { NULL, NULL } };
+    static const luaL_Reg funcs[] = {
+        { "spawn", l_spawn }, { "run", l_run }, { "sleep", tarry_rt_sleep }, { "now", l_now },
+        { "in_coroutine", l_in_coroutine }, { NULL, NULL } };
+    luaL_newmetatable(L, TARRY_CO_MT);
+    luaL_newlib(L, co_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, co_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_setfuncs(L, funcs, 0);
+}
+
+void tarry_co_forget_wait(tarry_co *h)
+{
+    h->cancel = NULL;
+    h->cancel_data = NULL;
+}

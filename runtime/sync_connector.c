@@ -1,0 +1,191 @@
+/* tarry.SyncPgConnector: a pool of blocking libpq connections.
+ *
+ * Connections are opened on demand (at most max_size), reused while healthy and replaced
+ * when broken: before reuse, an idle connection reads what the server sent; one the server
+ * closed (a restart) is dropped, never handed out. close() releases them all; using the
+ * connector again reconnects. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tarry_private.h"
+
+struct tarry_sync {
+    char *conninfo;
+    int min_size, max_size, connect_timeout;
+    int nopen;                 /* connections that exist: idle + in use */
+    int nidle;
+    PGconn **idle;             /* max_size slots */
+};
+
+tarry_sync *tarry_sync_test(lua_State *L, int idx) { return luaL_testudata(L, idx, TARRY_SYNC_MT); }
+tarry_sync *tarry_sync_check(lua_State *L, int idx) { return luaL_checkudata(L, idx, TARRY_SYNC_MT); }
+
+static void sync_close_all(tarry_sync *s)
+{
+    while (s->nidle > 0) { PQfinish(s->idle[--s->nidle]); s->nopen--; }
+}
+
+/* A healthy connection, or NULL with an error object pushed. */
+static PGconn *sync_acquire(lua_State *L, tarry_sync *s)
+{
+    char err[512];
+    PGconn *c;
+    while (s->nidle > 0) {
+        c = s->idle[--s->nidle];
+        if (tarry_pg_idle_ok(c)) return c;
+        PQfinish(c);
+        s->nopen--;
+    }
+    if (s->nopen >= s->max_size) {
+        tarry_push_error(L, "pool_exhausted", "all %d connections of the pool are in use", s->max_size);
+        return NULL;
+    }
+    c = tarry_pg_connect(s->conninfo, s->connect_timeout, err, sizeof err);
+    if (!c) { tarry_push_error(L, "connection", "cannot connect to PostgreSQL: %s", err); return NULL; }
+    s->nopen++;
+    return c;
+}
+
+static void sync_release(tarry_sync *s, PGconn *c)
+{
+    if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE && s->nidle < s->max_size) {
+        s->idle[s->nidle++] = c;
+        return;
+    }
+    PQfinish(c);
+    s->nopen--;
+}
+
+int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q)
+{
+    PGconn *c = sync_acquire(L, s);
+    int ok;
+    if (!c) return lua_error(L);
+    ok = tarry_pg_exec(L, c, q);
+    sync_release(s, c);
+    return ok ? 1 : lua_error(L);
+}
+
+static int opt_int(lua_State *L, int t, const char *name, int def, int min)
+{
+    int v = def;
+    if (lua_getfield(L, t, name) != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < min || lua_tointeger(L, -1) > 10000)
+            luaL_error(L, "option '%s' must be an integer >= %d", name, min);
+        v = (int)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int sync_gc(lua_State *L)
+{
+    tarry_sync *s = tarry_sync_check(L, 1);
+    sync_close_all(s);
+    free(s->idle);
+    free(s->conninfo);
+    s->idle = NULL;
+    s->conninfo = NULL;
+    return 0;
+}
+
+tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int max_size, int timeout)
+{
+    tarry_sync *s = lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
+    luaL_setmetatable(L, TARRY_SYNC_MT);
+    if (max_size < 1) max_size = 1;
+    if (min_size > max_size) luaL_error(L, "min_size (%d) is larger than max_size (%d)", min_size, max_size);
+    s->conninfo = strdup(conninfo);
+    s->idle = calloc((size_t)max_size, sizeof *s->idle);
+    if (!s->conninfo || !s->idle) luaL_error(L, "out of memory");
+    s->min_size = min_size;
+    s->max_size = max_size;
+    s->connect_timeout = timeout;
+    return s;
+}
+
+/* tarry.SyncPgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5 }  [-1, +1, e]
+   conninfo is a libpq connection string or URI; when absent, libpq's PG* variables apply. */
+static int sync_new(lua_State *L)
+{
+    const char *conninfo = "";
+    if (!lua_isnoneornil(L, 1)) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        if (lua_getfield(L, 1, "conninfo") != LUA_TNIL) conninfo = luaL_checkstring(L, -1);
+        lua_pop(L, 1);
+    } else {
+        lua_newtable(L);
+        lua_replace(L, 1);
+    }
+    tarry_sync_new(L, conninfo, opt_int(L, 1, "min_size", 1, 0), opt_int(L, 1, "max_size", 10, 1),
+                   opt_int(L, 1, "connect_timeout", 5, 1));
+    return 1;
+}
+
+/* c:open() -> c: connects min_size connections now (raises the "connection" error if it cannot). */
+static int sync_open(lua_State *L)
+{
+    tarry_sync *s = tarry_sync_check(L, 1);
+    PGconn *held[64];
+    int n = 0;
+    while (s->nopen < s->min_size && n < 64) {
+        PGconn *c = sync_acquire(L, s);
+        if (!c) { while (n > 0) sync_release(s, held[--n]); return lua_error(L); }
+        held[n++] = c;
+    }
+    while (n > 0) sync_release(s, held[--n]);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int sync_close(lua_State *L)
+{
+    sync_close_all(tarry_sync_check(L, 1));
+    return 0;
+}
+
+/* c:execute(sql, ...) -> rows: each row a table by column name. Raises an error object. */
+static int sync_execute(lua_State *L)
+{
+    tarry_sync *s = tarry_sync_check(L, 1);
+    const char *params[TARRY_MAX_PARAMS];
+    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS };
+    q.nparams = tarry_pg_params(L, 3, lua_gettop(L), params);
+    return tarry_sync_query(L, s, &q);
+}
+
+static int sync_self(lua_State *L)
+{
+    tarry_sync_check(L, 1);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int sync_tostring(lua_State *L)
+{
+    tarry_sync *s = tarry_sync_check(L, 1);
+    char desc[256];
+    tarry_pg_describe(s->conninfo ? s->conninfo : "", desc, sizeof desc);
+    lua_pushfstring(L, "<tarry.SyncPgConnector %s, %d/%d connections>", desc, s->nopen, s->max_size);
+    return 1;
+}
+
+void tarry_sync_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        { "open", sync_open }, { "close", sync_close }, { "execute", sync_execute },
+        { "get_sync_connector", sync_self }, { NULL, NULL } };
+    luaL_newmetatable(L, TARRY_SYNC_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, sync_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, sync_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, sync_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, sync_new);
+    lua_setfield(L, -2, "SyncPgConnector");
+}
