@@ -1,2 +1,729 @@
+/* JSON <-> Lua values with jansson.
+   Encoding walks the Lua value without raising: a failure is a message that names the bad value by
+   its path in Lua syntax (args.tags[3], args["my key"]). The array marker and the null sentinel
+   live in the registry. */
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
 #include "json.h"
-void tarry_json_open(lua_State *L) { (void)L; }
+
+#define ARRAY_MT "tarry.array"
+#define NULL_MT "tarry.null"
+#define GUARD_MT "tarry.json.guard"
+#define NOT_OBJECT "must be a table with string keys (a JSON object), got %s"
+#define PATH_ENDS 8 /* a deeper path shows its first and last PATH_ENDS steps around "..." */
+
+#if defined(__GNUC__)
+#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PRINTF_LIKE(f, a)
+#endif
+
+/* Its address is the registry key of the null sentinel. */
+static const char null_key = 'n';
+
+/* ---- UTF-8: the sequences jansson accepts ---- */
+
+/* Length of the UTF-8 sequence at p (left bytes available), or 0 if it is invalid: overlong,
+   a surrogate, above U+10FFFF or cut short. */
+static size_t utf8_seq(const unsigned char *p, size_t left)
+{
+    size_t i, n = p[0] < 0x80 ? 1 : p[0] < 0xC2 ? 0 : p[0] < 0xE0 ? 2 : p[0] < 0xF0 ? 3
+                : p[0] < 0xF5 ? 4 : 0;
+    unsigned long c = p[0] & (0xFFu >> (n + 1));
+    if (n == 0 || n > left)
+        return 0;
+    for (i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        c = c << 6 | (p[i] & 0x3F);
+    }
+    if (n == 3 && (c < 0x800 || (c >= 0xD800 && c <= 0xDFFF)))
+        return 0;
+    return n == 4 && (c < 0x10000 || c > 0x10FFFF) ? 0 : n;
+}
+
+/* Bytes of s before its first invalid UTF-8 sequence (len if s is valid). */
+static size_t utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n, i = 0;
+    while (i < len && (n = utf8_seq(p + i, len - i)) > 0)
+        i += n;
+    return i;
+}
+
+/* ---- Encoding: the walk and its error messages ---- */
+
+/* One step of the path from the root to the value being encoded; steps live on the C stack. */
+typedef struct Step {
+    const struct Step *up; /* NULL for a child of the root */
+    const void *table;     /* the table this step goes into */
+    const char *key;       /* the object key, or NULL for an array index */
+    size_t keylen;
+    lua_Integer index;
+    int level; /* 1 for a child of the root */
+} Step;
+
+typedef struct Encoder {
+    lua_State *L;
+    int array_mt, null; /* stack slots of the array metatable and of the null sentinel */
+    int want_object;    /* the root must encode as an object */
+    const char *root;   /* the root's name in paths */
+    char *err;
+    size_t errlen;
+} Encoder;
+
+static json_t *encode_value(const Encoder *e, int idx, const Step *at);
+
+/* Appends to the error message, which is len bytes long; returns the new length (clipped). */
+PRINTF_LIKE(3, 4) static size_t put(const Encoder *e, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (len + 1 >= e->errlen)
+        return len;
+    va_start(ap, fmt);
+    n = vsnprintf(e->err + len, e->errlen - len, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return len;
+    return len + (size_t)n < e->errlen ? len + (size_t)n : e->errlen - 1;
+}
+
+static int is_name(const char *k, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        char c = k[i];
+        int alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9'))
+            return 0;
+    }
+    return n > 0;
+}
+
+/* ["key"], with quotes, backslashes, control bytes and the bytes of invalid UTF-8 as Lua escapes. */
+static size_t put_quoted(const Encoder *e, size_t len, const char *k, size_t n)
+{
+    int raw = utf8_valid(k, n) == n;
+    size_t i;
+    len = put(e, len, "[\"");
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (c == '"' || c == '\\')
+            len = put(e, len, "\\%c", c);
+        else if (c < 0x20 || c == 0x7F || (c >= 0x80 && !raw))
+            len = put(e, len, "\\%03u", (unsigned)c);
+        else
+            len = put(e, len, "%c", c);
+    }
+    return put(e, len, "\"]");
+}
+
+static size_t put_step(const Encoder *e, size_t len, const Step *s)
+{
+    if (s->key == NULL)
+        return put(e, len, "[" LUA_INTEGER_FMT "]", s->index);
+    if (is_name(s->key, s->keylen))
+        return put(e, len, ".%s", s->key);
+    return put_quoted(e, len, s->key, s->keylen);
+}
+
+/* Writes the path to s, of a path `total` steps long. */
+static size_t put_path(const Encoder *e, size_t len, const Step *s, int total)
+{
+    if (s == NULL)
+        return put(e, len, "%s", e->root);
+    len = put_path(e, len, s->up, total);
+    if (s->level > PATH_ENDS && s->level <= total - PATH_ENDS)
+        return s->level == PATH_ENDS + 1 ? put(e, len, "...") : len;
+    return put_step(e, len, s);
+}
+
+static void vfail(const Encoder *e, const Step *at, const char *fmt, va_list ap)
+{
+    size_t len;
+    if (e->errlen > 0)
+        e->err[0] = '\0';
+    len = put(e, put_path(e, 0, at, at ? at->level : 0), ": ");
+    if (len + 1 < e->errlen)
+        vsnprintf(e->err + len, e->errlen - len, fmt, ap);
+}
+
+/* Writes "<path of at>: <message>" to the error buffer; returns NULL. */
+PRINTF_LIKE(3, 4) static json_t *fail(const Encoder *e, const Step *at, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(e, at, fmt, ap);
+    va_end(ap);
+    return NULL;
+}
+
+/* The same as fail, for the checks that return 1 when they pass; returns 0. */
+PRINTF_LIKE(3, 4) static int reject(const Encoder *e, const Step *at, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(e, at, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+static json_t *made(const Encoder *e, const Step *at, json_t *j)
+{
+    return j ? j : fail(e, at, "out of memory");
+}
+
+static json_t *encode_number(const Encoder *e, int idx, const Step *at)
+{
+    lua_Number x;
+    if (lua_isinteger(e->L, idx))
+        return made(e, at, json_integer(lua_tointeger(e->L, idx)));
+    x = lua_tonumber(e->L, idx);
+    if (isnan(x))
+        return fail(e, at, "cannot encode NaN");
+    if (isinf(x))
+        return fail(e, at, "cannot encode %s", x > 0 ? "inf" : "-inf");
+    return made(e, at, json_real(x));
+}
+
+static json_t *encode_string(const Encoder *e, int idx, const Step *at)
+{
+    size_t len, good;
+    const char *s = lua_tolstring(e->L, idx, &len);
+    const char *nul;
+    if ((good = utf8_valid(s, len)) < len)
+        return fail(e, at, "invalid UTF-8 in string at byte %zu", good + 1);
+    /* PostgreSQL's jsonb cannot store \u0000: refuse it here, with the path, not at insert time */
+    if ((nul = memchr(s, 0, len)) != NULL)
+        return fail(e, at, "NUL byte in string at byte %zu (PostgreSQL's jsonb rejects \\u0000)",
+                    (size_t)(nul - s) + 1);
+    return made(e, at, json_stringn(s, len));
+}
+
+/* What a table's keys make of it. */
+typedef struct Shape {
+    lua_Integer count, max; /* how many positive integer keys, and the largest */
+    size_t strings;         /* how many string keys */
+    char odd[64];           /* the first key that is neither, described; "" if none */
+    int array;              /* the table encodes as an array */
+} Shape;
+
+static void describe_key(lua_State *L, int idx, char *buf, size_t size)
+{
+    if (lua_isinteger(L, idx))
+        snprintf(buf, size, "number (" LUA_INTEGER_FMT ")", lua_tointeger(L, idx));
+    else if (lua_type(L, idx) == LUA_TNUMBER)
+        snprintf(buf, size, "number (" LUA_NUMBER_FMT ")", lua_tonumber(L, idx));
+    else if (lua_type(L, idx) == LUA_TBOOLEAN)
+        snprintf(buf, size, "boolean (%s)", lua_toboolean(L, idx) ? "true" : "false");
+    else
+        snprintf(buf, size, "%s", luaL_typename(L, idx));
+}
+
+static void scan(lua_State *L, int t, Shape *s)
+{
+    s->count = s->max = 0;
+    s->strings = 0;
+    s->odd[0] = '\0';
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING)
+            s->strings++;
+        else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) {
+            s->count++;
+            if (lua_tointeger(L, -1) > s->max)
+                s->max = lua_tointeger(L, -1);
+        } else if (s->odd[0] == '\0')
+            describe_key(L, -1, s->odd, sizeof s->odd);
+    }
+}
+
+/* Whether the value at idx has the metatable at stack slot mt. */
+static int has_metatable(lua_State *L, int idx, int mt)
+{
+    int same;
+    if (!lua_getmetatable(L, idx))
+        return 0;
+    same = lua_rawequal(L, -1, mt);
+    lua_pop(L, 1);
+    return same;
+}
+
+/* The smallest index of a sparse array without a value (one is at most count + 1). */
+static lua_Integer first_hole(lua_State *L, int t)
+{
+    lua_Integer i = 1;
+    while (lua_rawgeti(L, t, i) != LUA_TNIL) {
+        lua_pop(L, 1);
+        i++;
+    }
+    lua_pop(L, 1);
+    return i;
+}
+
+/* Decides whether table t is an array or an object; 0 (with the error written) if it is neither. */
+static int check_shape(const Encoder *e, int t, const Step *at, Shape *s)
+{
+    int marked = has_metatable(e->L, t, e->array_mt);
+    scan(e->L, t, s);
+    if (s->odd[0])
+        return reject(e, at, s->strings ? "key of type %s in a table with string keys"
+                                        : "key of type %s is neither a string nor an array index",
+                     s->odd);
+    if (s->strings && (s->count || marked))
+        return reject(e, at, s->count ? "table mixes array indexes and string keys"
+                                     : "table marked as an array has string keys");
+    if (s->count < s->max)
+        return reject(e, at, "sparse array (index " LUA_INTEGER_FMT " is nil, highest index is "
+                     LUA_INTEGER_FMT ")", first_hole(e->L, t), s->max);
+    s->array = marked || s->count > 0;
+    if (s->array && at == NULL && e->want_object)
+        return reject(e, at, NOT_OBJECT, "array");
+    return 1;
+}
+
+/* Checks that table t may be entered from step at: no cycle, not too deep, room on the stack. */
+static int enter(const Encoder *e, int t, const Step *at)
+{
+    const void *p = lua_topointer(e->L, t);
+    const Step *s;
+    for (s = at; s != NULL; s = s->up)
+        if (s->table == p)
+            return reject(e, at, "cycle (table contains itself)");
+    if (at && at->level >= TARRY_JSON_MAX_DEPTH)
+        return reject(e, at, "nested too deep (more than %d levels)", TARRY_JSON_MAX_DEPTH);
+    if (!lua_checkstack(e->L, 4))
+        return reject(e, at, "Lua stack overflow");
+    return 1;
+}
+
+static Step step_into(const Encoder *e, int t, const Step *at)
+{
+    Step s = {at, lua_topointer(e->L, t), NULL, 0, 0, at ? at->level + 1 : 1};
+    return s;
+}
+
+static json_t *encode_array(const Encoder *e, int t, lua_Integer n, const Step *at)
+{
+    Step step = step_into(e, t, at);
+    json_t *v, *a = json_array();
+    if (a == NULL)
+        return fail(e, at, "out of memory");
+    for (step.index = 1; step.index <= n; step.index++) {
+        lua_rawgeti(e->L, t, step.index);
+        v = encode_value(e, lua_gettop(e->L), &step);
+        lua_pop(e->L, 1);
+        if (v == NULL || json_array_append_new(a, v) != 0) {
+            json_decref(a);
+            return v ? fail(e, &step, "out of memory") : NULL;
+        }
+    }
+    return a;
+}
+
+/* Adds the key and value at the top of the stack to object o; 0 on failure. */
+static int add_member(const Encoder *e, json_t *o, Step *step)
+{
+    size_t good;
+    json_t *v;
+    step->key = lua_tolstring(e->L, -2, &step->keylen);
+    if ((good = utf8_valid(step->key, step->keylen)) < step->keylen)
+        return reject(e, step, "invalid UTF-8 in key at byte %zu", good + 1);
+    if (memchr(step->key, '\0', step->keylen))
+        return reject(e, step, "NUL byte in key (JSON decoders reject it)");
+    if ((v = encode_value(e, lua_gettop(e->L), step)) == NULL)
+        return 0;
+    if (json_object_setn_new(o, step->key, step->keylen, v) != 0)
+        return reject(e, step, "out of memory");
+    return 1;
+}
+
+static json_t *encode_object(const Encoder *e, int t, const Step *at)
+{
+    Step step = step_into(e, t, at);
+    json_t *o = json_object();
+    if (o == NULL)
+        return fail(e, at, "out of memory");
+    lua_pushnil(e->L);
+    while (lua_next(e->L, t)) {
+        int ok = add_member(e, o, &step);
+        lua_pop(e->L, ok ? 1 : 2);
+        if (!ok) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+static json_t *encode_table(const Encoder *e, int t, const Step *at)
+{
+    Shape s;
+    if (!enter(e, t, at) || !check_shape(e, t, at, &s))
+        return NULL;
+    return s.array ? encode_array(e, t, s.count, at) : encode_object(e, t, at);
+}
+
+static json_t *encode_value(const Encoder *e, int idx, const Step *at)
+{
+    lua_State *L = e->L;
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER: return encode_number(e, idx, at);
+    case LUA_TSTRING: return encode_string(e, idx, at);
+    case LUA_TTABLE: return encode_table(e, idx, at);
+    case LUA_TNIL: return fail(e, at, "cannot encode nil");
+    default:
+        if (lua_rawequal(L, idx, e->null))
+            return json_null();
+        return fail(e, at, "cannot encode a %s", luaL_typename(L, idx));
+    }
+}
+
+/* The value at idx as a new jansson value, or NULL with a message in err.  [-0, +0, m] */
+json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_only, char *err,
+                            size_t errlen)
+{
+    Encoder e = {L, 0, 0, object_only, path ? path : "value", err, errlen};
+    json_t *j;
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 2))
+        return fail(&e, NULL, "Lua stack overflow");
+    luaL_getmetatable(L, ARRAY_MT);
+    e.array_mt = lua_gettop(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key);
+    e.null = lua_gettop(L);
+    if (object_only && lua_type(L, idx) != LUA_TTABLE)
+        j = fail(&e, NULL, NOT_OBJECT, lua_rawequal(L, idx, e.null) ? "null" : luaL_typename(L, idx));
+    else
+        j = encode_value(&e, idx, NULL);
+    lua_pop(L, 2);
+    return j;
+}
+
+/* ---- Dumping ---- */
+
+/* The smallest precision, at least p, at which "%.*g" gives x back exactly. */
+static int real_precision(double x, int p)
+{
+    char buf[40];
+    for (; p < 17; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, x);
+        if (strtod(buf, NULL) == x)
+            break;
+    }
+    return p;
+}
+
+/* The precision that every real in j needs, at least p; 0 if j holds no real. (A precision that
+   round-trips a real also round-trips it with more digits.) */
+static int needed_precision(const json_t *j, int p)
+{
+    const char *key;
+    json_t *v;
+    size_t i;
+    switch (json_typeof(j)) {
+    case JSON_REAL: return real_precision(json_real_value(j), p > 0 ? p : 1);
+    case JSON_ARRAY:
+        json_array_foreach(j, i, v) p = needed_precision(v, p);
+        return p;
+    case JSON_OBJECT:
+        json_object_foreach((json_t *)j, key, v) p = needed_precision(v, p);
+        return p;
+    default: return p;
+    }
+}
+
+/* Text written to p, or only measured while p is NULL. */
+typedef struct Out {
+    char *p;
+    size_t n;
+} Out;
+
+static void emit(Out *o, const char *s, size_t n)
+{
+    if (o->p)
+        memcpy(o->p + o->n, s, n);
+    o->n += n;
+}
+
+static void emit_zeros(Out *o, size_t n)
+{
+    if (o->p)
+        memset(o->p + o->n, '0', n);
+    o->n += n;
+}
+
+/* Emits the number token s (n bytes), positionally if it has a positive exponent: "1.5e20" becomes
+   "150000000000000000000.0". jansson's %g puts at most exp digits after the point then. */
+static void emit_number(Out *o, const char *s, size_t n)
+{
+    const char *e = memchr(s, 'e', n), *dot;
+    size_t frac;
+    long exp;
+    if (e == NULL || e[1] == '-') {
+        emit(o, s, n);
+        return;
+    }
+    exp = strtol(e + 1, NULL, 10);
+    dot = memchr(s, '.', (size_t)(e - s));
+    frac = dot ? (size_t)(e - dot - 1) : 0;
+    if (exp < (long)frac) {
+        emit(o, s, n);
+        return;
+    }
+    emit(o, s, (size_t)((dot ? dot : e) - s));
+    if (dot)
+        emit(o, dot + 1, frac);
+    emit_zeros(o, (size_t)exp - frac);
+    emit(o, ".0", 2);
+}
+
+/* Length of the string token at s, quotes included. */
+static size_t string_len(const char *s)
+{
+    size_t i = 1;
+    while (s[i] != '"')
+        i += s[i] == '\\' ? 2 : 1;
+    return i + 1;
+}
+
+/* PostgreSQL's jsonb keeps numbers as numeric and prints 1e2 as 100, which would come back an
+   integer: emit reals with a positive exponent positionally (100.0); negative exponents come back
+   with a decimal point anyway. */
+static void emit_positional(Out *o, const char *text)
+{
+    size_t n;
+    for (; *text; text += n) {
+        if (*text == '"')
+            emit(o, text, n = string_len(text));
+        else if (*text == '-' || (*text >= '0' && *text <= '9'))
+            emit_number(o, text, n = strspn(text, "0123456789+-.eE"));
+        else
+            emit(o, text, n = 1);
+    }
+}
+
+/* A malloc'd copy of text with positional reals; frees text. */
+static char *positional(char *text)
+{
+    Out o = {NULL, 0};
+    emit_positional(&o, text);
+    o.p = malloc(o.n + 1);
+    if (o.p) {
+        o.n = 0;
+        emit_positional(&o, text);
+        o.p[o.n] = '\0';
+    }
+    free(text);
+    return o.p;
+}
+
+/* j as compact JSON text, keys sorted, reals exact; malloc'd, NULL if out of memory. */
+char *tarry_json_dump(const json_t *j)
+{
+    int p = needed_precision(j, 0);
+    size_t flags = JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(p);
+    char *text = json_dumps(j, flags);
+    return text && p > 0 ? positional(text) : text;
+}
+
+/* ---- Decoding ---- */
+
+static void push_array(lua_State *L, const json_t *a)
+{
+    size_t i, n = json_array_size(a);
+    lua_createtable(L, n < INT_MAX ? (int)n : INT_MAX, 0);
+    for (i = 0; i < n; i++) {
+        tarry_json_push(L, json_array_get(a, i));
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    luaL_setmetatable(L, ARRAY_MT);
+}
+
+static void push_object(lua_State *L, const json_t *o)
+{
+    const char *key;
+    size_t len, n = json_object_size(o);
+    json_t *v;
+    lua_createtable(L, 0, n < INT_MAX ? (int)n : INT_MAX);
+    json_object_keylen_foreach((json_t *)o, key, len, v) {
+        lua_pushlstring(L, key, len);
+        tarry_json_push(L, v);
+        lua_rawset(L, -3);
+    }
+}
+
+/* Pushes the Lua value of j.  [-0, +1, m] */
+void tarry_json_push(lua_State *L, const json_t *j)
+{
+    luaL_checkstack(L, 3, "JSON nested too deep");
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: push_object(L, j); break;
+    case JSON_ARRAY: push_array(L, j); break;
+    case JSON_STRING: lua_pushlstring(L, json_string_value(j), json_string_length(j)); break;
+    case JSON_INTEGER: lua_pushinteger(L, json_integer_value(j)); break;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(j)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    case JSON_NULL: lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key); break;
+    }
+}
+
+/* A userdata that owns a jansson value and a dumped text until released, so that a memory error
+   raised while they are in use does not leak them. */
+typedef struct Guard {
+    json_t *json;
+    char *text;
+} Guard;
+
+static void guard_release(Guard *g)
+{
+    json_decref(g->json);
+    free(g->text);
+    g->json = NULL;
+    g->text = NULL;
+}
+
+static int guard_gc(lua_State *L)
+{
+    guard_release(lua_touserdata(L, 1));
+    return 0;
+}
+
+/* [-0, +1, m] */
+static Guard *guard_new(lua_State *L)
+{
+    Guard *g = lua_newuserdatauv(L, sizeof *g, 0);
+    g->json = NULL;
+    g->text = NULL;
+    luaL_setmetatable(L, GUARD_MT);
+    return g;
+}
+
+/* Parses text and pushes its value; 0 with a message in err on a parse error.  [-0, +(0|1), m] */
+int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
+{
+    json_error_t je;
+    Guard *g = guard_new(L);
+    g->json = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (g->json == NULL) {
+        lua_pop(L, 1);
+        snprintf(err, errlen, "invalid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
+        return 0;
+    }
+    tarry_json_push(L, g->json);
+    guard_release(g);
+    lua_remove(L, -2);
+    return 1;
+}
+
+/* ---- The Lua functions ---- */
+
+/* core.json_encode(v) -> string; raises "<path>: <problem>" if v has no JSON form. */
+static int core_json_encode(lua_State *L)
+{
+    char err[1024];
+    Guard *g;
+    luaL_checkany(L, 1);
+    g = guard_new(L);
+    g->json = tarry_json_from_lua(L, 1, "value", 0, err, sizeof err);
+    if (g->json == NULL)
+        return luaL_error(L, "%s", err);
+    g->text = tarry_json_dump(g->json);
+    if (g->text == NULL)
+        return luaL_error(L, "value: out of memory");
+    lua_pushstring(L, g->text);
+    guard_release(g);
+    return 1;
+}
+
+/* core.json_decode(s) -> value; raises on invalid JSON. */
+static int core_json_decode(lua_State *L)
+{
+    char err[JSON_ERROR_TEXT_LENGTH + 64];
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (!tarry_json_decode(L, s, len, err, sizeof err))
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+/* core.array([t]) -> t marked as a JSON array (a new empty one without t). */
+static int core_array(lua_State *L)
+{
+    if (lua_isnone(L, 1))
+        lua_newtable(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    luaL_getmetatable(L, ARRAY_MT);
+    if (lua_getmetatable(L, 1) && !lua_rawequal(L, -1, -2))
+        return luaL_argerror(L, 1, "table already has a metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* core.is_array(v) -> whether v is a table marked as a JSON array. */
+static int core_is_array(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    luaL_getmetatable(L, ARRAY_MT);
+    lua_pushboolean(L, lua_istable(L, 1) && has_metatable(L, 1, lua_gettop(L)));
+    return 1;
+}
+
+static int null_tostring(lua_State *L)
+{
+    lua_pushliteral(L, "tarry.null");
+    return 1;
+}
+
+/* Pushes the null sentinel, made on the first call in a state.  [-0, +1, m] */
+static void push_null(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key) != LUA_TNIL)
+        return;
+    lua_pop(L, 1);
+    lua_newuserdatauv(L, 0, 0);
+    if (luaL_newmetatable(L, NULL_MT)) {
+        lua_pushcfunction(L, null_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &null_key);
+}
+
+static const luaL_Reg json_functions[] = {
+    {"json_encode", core_json_encode},
+    {"json_decode", core_json_decode},
+    {"array", core_array},
+    {"is_array", core_is_array},
+    {NULL, NULL},
+};
+
+/* Adds the JSON functions and `null` to the table at the top of the stack.  [-0, +0, e] */
+void tarry_json_open(lua_State *L)
+{
+    luaL_checkstack(L, 3, NULL);
+    luaL_newmetatable(L, ARRAY_MT);
+    if (luaL_newmetatable(L, GUARD_MT)) {
+        lua_pushcfunction(L, guard_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 2);
+    luaL_setfuncs(L, json_functions, 0);
+    push_null(L);
+    lua_setfield(L, -2, "null");
+}

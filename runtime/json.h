@@ -1,7 +1,40 @@
-/* JSON <-> Lua values (jansson). */
+/* JSON <-> Lua values (jansson).
+   A table with string keys is an object; a table with keys 1..n, or any table marked by array(),
+   is an array; the sentinel `null` is JSON null. Integers stay integers, floats stay floats. */
 #ifndef TARRY_JSON_H
 #define TARRY_JSON_H
+
+#include <stddef.h>
+
 #include <lua.h>
-/* Adds json_encode, json_decode, array, null to the table at the top of the stack.  [-0, +0, e] */
+#include <jansson.h>
+
+/* Tables nest at most this deep when encoded. */
+#define TARRY_JSON_MAX_DEPTH 512
+
+/* Adds json_encode, json_decode, array, is_array and null to the table at the top of the stack.
+   [-0, +0, e] */
 void tarry_json_open(lua_State *L);
+
+/* Converts the Lua value at idx to a new jansson value (the caller owns the reference).
+   `path` names the value in errors ("args"). If `object_only`, the value must encode as an
+   object. On failure returns NULL and writes a message such as
+   "args.tags[3]: cannot encode a function" to err. Raises only memory errors.  [-0, +0, m] */
+json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_only, char *err,
+                            size_t errlen);
+
+/* Serializes j compactly with sorted keys; reals are written so that PostgreSQL jsonb keeps them
+   reals and so that they read back bit-exactly. Returns malloc'd text (free()), NULL if out of
+   memory. */
+char *tarry_json_dump(const json_t *j);
+
+/* Pushes the Lua value of j: objects as plain tables, arrays as marked tables, null as the
+   sentinel.  [-0, +1, m] */
+void tarry_json_push(lua_State *L, const json_t *j);
+
+/* Parses len bytes of JSON text (any value, not only objects) and pushes its Lua value. On a parse
+   error returns 0, pushes nothing and writes jansson's message with line and column to err.
+   [-0, +(0|1), m] */
+int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+
 #endif

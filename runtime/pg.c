@@ -1,7 +1,9 @@
 /* libpq helpers shared by the blocking and the async connectors. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "tarry_private.h"
 
@@ -24,7 +26,7 @@ PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, s
     PGconn *conn;
     connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
     conn = PQconnectdbParams(kw, val, 1);
-    if (conn && PQstatus(conn) == CONNECTION_OK) return conn;
+    if (conn && PQstatus(conn) == CONNECTION_OK) { tarry_pg_setup(conn); return conn; }
     snprintf(err, errlen, "%s", conn ? PQerrorMessage(conn) : "out of memory");
     for (size_t n = strlen(err); n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '); n--) err[n - 1] = 0;
     PQfinish(conn);
@@ -35,14 +37,36 @@ PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout)
 {
     const char *kw[4], *val[4];
     char tbuf[16];
+    PGconn *conn;
     connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
-    return PQconnectStartParams(kw, val, 1);
+    conn = PQconnectStartParams(kw, val, 1);
+    if (conn) tarry_pg_setup(conn);
+    return conn;
 }
 
+/* Notices (and the FATAL a terminated idle backend sends) are not for the user's terminal. */
+static void quiet_notices(void *arg, const char *message)
+{
+    (void)arg; (void)message;
+}
+
+void tarry_pg_setup(PGconn *conn)
+{
+    PQsetNoticeProcessor(conn, quiet_notices, NULL);
+}
+
+/* An idle connection is usable if it is not in a transaction and the server has not closed it.
+   A terminated backend sends a FATAL message and then closes: after reading what is there
+   (libpq sockets never block), a peek that returns 0 bytes is the end of the stream. */
 int tarry_pg_idle_ok(PGconn *conn)
 {
+    char byte;
+    ssize_t n;
     if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) return 0;
-    if (!PQconsumeInput(conn)) return 0;   /* libpq sockets never block: this only reads */
+    if (!PQconsumeInput(conn)) return 0;
+    n = recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return 0;
+    if (n > 0 && (!PQconsumeInput(conn) || recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0)) return 0;
     return PQstatus(conn) == CONNECTION_OK;
 }
 

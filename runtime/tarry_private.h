@@ -71,6 +71,8 @@ typedef struct tarry_query {
 PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, size_t errlen);
 /* Non-blocking connect start with the same parameters (PQconnectStartParams). */
 PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout);
+/* Per-connection settings tarry wants (quiet notices). */
+void tarry_pg_setup(PGconn *conn);
 /* 1 if an idle connection is still usable (reads what the server sent without blocking). */
 int tarry_pg_idle_ok(PGconn *conn);
 /* Push a successful result as the query's kind asks (rows table or ids array).  [-0, +1, m] */
