@@ -13,7 +13,7 @@ db.shell_quote = shell_quote
 --- Run SQL through psql on database `name`; returns stdout. Raises with psql's stderr on error.
 function db.psql(name, sql)
   local errfile = os.tmpname()
-  local cmd = string.format("psql -X -q -At -v ON_ERROR_STOP=1 -d %s -c %s 2>%s",
+  local cmd = string.format("psql -X -q -At -F '\t' -v ON_ERROR_STOP=1 -d %s -c %s 2>%s",
     shell_quote(name), shell_quote(sql), errfile)
   local p = assert(io.popen(cmd, "r"))
   local out = p:read("a")

@@ -1,0 +1,238 @@
+--- tarry.schema: the text of tarry's database schema (schema.sql beside this file), and a check
+--- of what a database already holds, so that tarry applies the schema only to an empty database.
+---
+--- `conn` is any object with `conn:execute(sql, ...)` returning rows as arrays of tables keyed by
+--- column name (raising on a database error); multi-statement SQL is allowed without parameters.
+local schema = {}
+
+-- Everything of PROTOCOL.md §2-§4 by kind and name: a database is "complete" when all exist.
+-- Functions carry their identity arguments, so an older or newer Procrastinate whose functions
+-- differ counts as partial rather than complete.
+local CORE = {
+  { "type", "procrastinate_job_status" },
+  { "type", "procrastinate_job_event_type" },
+  { "type", "procrastinate_job_to_defer_v1" },
+  { "table", "procrastinate_workers" },
+  { "table", "procrastinate_jobs" },
+  { "table", "procrastinate_periodic_defers" },
+  { "table", "procrastinate_events" },
+  { "sequence", "procrastinate_workers_id_seq" },
+  { "sequence", "procrastinate_jobs_id_seq" },
+  { "sequence", "procrastinate_periodic_defers_id_seq" },
+  { "sequence", "procrastinate_events_id_seq" },
+  { "constraint", "procrastinate_workers_pkey" },
+  { "constraint", "procrastinate_jobs_pkey" },
+  { "constraint", "check_not_todo_abort_requested" },
+  { "constraint", "procrastinate_jobs_worker_id_fkey" },
+  { "constraint", "procrastinate_periodic_defers_pkey" },
+  { "constraint", "procrastinate_periodic_defers_unique" },
+  { "constraint", "procrastinate_periodic_defers_job_id_fkey" },
+  { "constraint", "procrastinate_events_pkey" },
+  { "constraint", "procrastinate_events_job_id_fkey" },
+  { "index", "idx_procrastinate_workers_last_heartbeat" },
+  { "index", "procrastinate_jobs_queueing_lock_idx_v1" },
+  { "index", "procrastinate_jobs_lock_idx_v1" },
+  { "index", "idx_procrastinate_jobs_worker_not_null" },
+  { "index", "procrastinate_jobs_queue_name_idx_v1" },
+  { "index", "procrastinate_jobs_id_lock_idx_v1" },
+  { "index", "procrastinate_jobs_priority_idx_v1" },
+  { "index", "procrastinate_periodic_defers_job_id_fkey_v1" },
+  { "index", "procrastinate_events_job_id_fkey_v1" },
+  { "function", "procrastinate_defer_jobs_v1", "jobs procrastinate_job_to_defer_v1[]" },
+  { "function", "procrastinate_defer_periodic_job_v2",
+    "_queue_name character varying, _lock character varying, _queueing_lock character varying, "
+      .. "_task_name character varying, _priority integer, _periodic_id character varying, "
+      .. "_defer_timestamp bigint, _args jsonb" },
+  { "function", "procrastinate_fetch_job_v2", "target_queue_names character varying[], p_worker_id bigint" },
+  { "function", "procrastinate_finish_job_v1",
+    "job_id bigint, end_status procrastinate_job_status, delete_job boolean" },
+  { "function", "procrastinate_cancel_job_v1", "job_id bigint, abort boolean, delete_job boolean" },
+  { "function", "procrastinate_retry_job_v2",
+    "job_id bigint, retry_at timestamp with time zone, new_priority integer, "
+      .. "new_queue_name character varying, new_lock character varying" },
+  { "function", "procrastinate_retry_job_v1",
+    "job_id bigint, retry_at timestamp with time zone, new_priority integer, "
+      .. "new_queue_name character varying, new_lock character varying" },
+  { "function", "procrastinate_register_worker_v1", "" },
+  { "function", "procrastinate_unregister_worker_v1", "worker_id bigint" },
+  { "function", "procrastinate_update_heartbeat_v1", "worker_id bigint" },
+  { "function", "procrastinate_prune_stalled_workers_v1", "seconds_since_heartbeat double precision" },
+  { "function", "procrastinate_notify_queue_job_inserted_v1", "" },
+  { "function", "procrastinate_notify_queue_abort_job_v1", "" },
+  { "function", "procrastinate_trigger_function_status_events_insert_v1", "" },
+  { "function", "procrastinate_trigger_function_status_events_update_v1", "" },
+  { "function", "procrastinate_trigger_function_scheduled_events_v1", "" },
+  { "function", "procrastinate_trigger_abort_requested_events_procedure_v1", "" },
+  { "function", "procrastinate_unlink_periodic_defers_v1", "" },
+}
+
+-- The two ways the event log and notifications can be produced (triggers on procrastinate_jobs).
+local TARRY_TRIGGERS = {
+  { "trigger", "tarry_jobs_insert_events" },
+  { "trigger", "tarry_jobs_note_abort_requested_set" },
+  { "trigger", "tarry_jobs_update_events" },
+  { "trigger", "tarry_jobs_unlink_periodic_defers" },
+}
+local PROCRASTINATE_TRIGGERS = {
+  { "trigger", "procrastinate_jobs_notify_queue_job_inserted_v1" },
+  { "trigger", "procrastinate_jobs_notify_queue_job_aborted_v1" },
+  { "trigger", "procrastinate_trigger_status_events_insert_v1" },
+  { "trigger", "procrastinate_trigger_status_events_update_v1" },
+  { "trigger", "procrastinate_trigger_scheduled_events_v1" },
+  { "trigger", "procrastinate_trigger_abort_requested_events_v1" },
+  { "trigger", "procrastinate_trigger_delete_jobs_v1" },
+}
+
+-- One catalog test per kind, over e.name (and e.args for functions).  Only objects
+-- visible through search_path count, as the protocol's statements are never schema-qualified.
+local PRESENT = {
+  type = "EXISTS (SELECT 1 FROM pg_type t WHERE t.typname = e.name AND pg_type_is_visible(t.oid))",
+  table = "EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = e.name AND c.relkind = 'r'"
+    .. " AND pg_table_is_visible(c.oid))",
+  sequence = "EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = e.name AND c.relkind = 'S'"
+    .. " AND pg_table_is_visible(c.oid))",
+  index = "EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = e.name AND c.relkind = 'i'"
+    .. " AND pg_table_is_visible(c.oid))",
+  constraint = "EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
+    .. " WHERE k.conname = e.name AND pg_table_is_visible(c.oid))",
+  ["function"] = "EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = e.name AND pg_function_is_visible(p.oid)"
+    .. " AND pg_get_function_identity_arguments(p.oid) = e.args)",
+  trigger = "EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgname = e.name AND NOT g.tgisinternal"
+    .. " AND g.tgrelid = to_regclass('procrastinate_jobs'))",
+}
+
+local function quote(s)
+  return "'" .. s:gsub("'", "''") .. "'"
+end
+
+local function label(object)
+  if object[1] == "function" then
+    return string.format("function %s(%s)", object[2], object[3])
+  end
+  return object[1] .. " " .. object[2]
+end
+
+-- Connectors may hand booleans back as booleans, integers or text: accept each.
+local function truthy(v)
+  return v == true or v == 1 or v == "t" or v == "true" or v == "1"
+end
+
+-- Returns { [label] = true } for the objects (of all three lists) that exist.
+local function present_objects(conn)
+  local all = {}
+  for _, list in ipairs({ CORE, TARRY_TRIGGERS, PROCRASTINATE_TRIGGERS }) do
+    for _, object in ipairs(list) do all[#all + 1] = object end
+  end
+  local values, cases = {}, {}
+  for i, object in ipairs(all) do
+    values[#values + 1] = string.format("(%d, %s, %s, %s)", i, quote(object[1]), quote(object[2]),
+      quote(object[3] or ""))
+  end
+  for kind, test in pairs(PRESENT) do
+    cases[#cases + 1] = string.format("WHEN %s THEN %s", quote(kind), test)
+  end
+  local sql = "SELECT e.position, CASE e.kind " .. table.concat(cases, " ") .. " END AS present"
+    .. " FROM (VALUES " .. table.concat(values, ", ") .. ") AS e (position, kind, name, args)"
+    .. " ORDER BY e.position"
+  local present = {}
+  for _, row in ipairs(conn:execute(sql)) do
+    if truthy(row.present) then
+      present[label(all[tonumber(row.position)])] = true
+    end
+  end
+  return present
+end
+
+local function missing_from(list, present)
+  local missing = {}
+  for _, object in ipairs(list) do
+    if not present[label(object)] then missing[#missing + 1] = label(object) end
+  end
+  return missing
+end
+
+--- What the database holds:
+---   "absent"        no object of the schema at all;
+---   "tarry"         the complete schema with tarry's statement-level triggers;
+---   "procrastinate" the complete schema with Procrastinate's row-level triggers;
+---   "partial", list the schema is incomplete, mixed or foreign: list names what is missing
+---                   ("kind name", functions with their arguments).
+function schema.inspect(conn)
+  local present = present_objects(conn)
+  local missing_core = missing_from(CORE, present)
+  local missing_tarry = missing_from(TARRY_TRIGGERS, present)
+  local missing_procrastinate = missing_from(PROCRASTINATE_TRIGGERS, present)
+  local has_tarry = #missing_tarry < #TARRY_TRIGGERS
+  local has_procrastinate = #missing_procrastinate < #PROCRASTINATE_TRIGGERS
+
+  if #missing_core == #CORE and not has_tarry and not has_procrastinate then
+    return "absent"
+  end
+  if #missing_core > 0 then
+    return "partial", missing_core
+  end
+  if #missing_tarry == 0 and not has_procrastinate then return "tarry" end
+  if #missing_procrastinate == 0 and not has_tarry then return "procrastinate" end
+  -- Incomplete or mixed triggers: name what completes the set that is (mostly) there; with both
+  -- kinds present the jobs would get every event twice, so list both.
+  if has_tarry and has_procrastinate then
+    local both = {}
+    for _, name in ipairs(missing_tarry) do both[#both + 1] = name end
+    for _, name in ipairs(missing_procrastinate) do both[#both + 1] = name end
+    both[#both + 1] = "(both tarry_* and Procrastinate's triggers are installed)"
+    return "partial", both
+  elseif has_procrastinate then
+    return "partial", missing_procrastinate
+  end
+  return "partial", missing_tarry
+end
+
+local sql_text
+--- The text of schema.sql: beside this module, or found on package.path as tarry/schema.sql.
+function schema.sql()
+  if sql_text then return sql_text end
+  local candidates = {}
+  local source = debug.getinfo(1, "S").source
+  if source:sub(1, 1) == "@" then
+    candidates[#candidates + 1] = source:sub(2):gsub("[^/]*$", "") .. "schema.sql"
+  end
+  local found = package.searchpath("tarry.schema", (package.path:gsub("%.lua", ".sql")))
+  if found then candidates[#candidates + 1] = found end
+  for _, path in ipairs(candidates) do
+    local f = io.open(path, "r")
+    if f then
+      sql_text = f:read("a")
+      f:close()
+      return sql_text
+    end
+  end
+  error("tarry schema: schema.sql not found (looked in " .. table.concat(candidates, ", ") .. ")", 2)
+end
+
+--- Applies the schema to a database that has none of it, in one transaction.
+--- Returns "applied", or "present", "tarry"|"procrastinate" when the complete schema is already
+--- there (nothing is changed).  Raises "tarry schema: ..." for a partial or foreign schema.
+function schema.apply(conn)
+  local state, missing = schema.inspect(conn)
+  if state == "tarry" or state == "procrastinate" then
+    return "present", state
+  end
+  if state == "partial" then
+    error("tarry schema: the database holds an incomplete or foreign Procrastinate schema; "
+      .. "refusing to change it. Missing: " .. table.concat(missing, ", "), 2)
+  end
+  local ok, err = pcall(conn.execute, conn, "BEGIN;\n" .. schema.sql() .. "\nCOMMIT;")
+  if not ok then
+    -- On a persistent session the failed transaction must be ended before anything else runs.
+    pcall(conn.execute, conn, "ROLLBACK")
+    -- Another process may have applied it meanwhile: that is as good as our own.
+    local inspected, now_state = pcall(schema.inspect, conn)
+    if inspected and (now_state == "tarry" or now_state == "procrastinate") then
+      return "present", now_state
+    end
+    error("tarry schema: applying the schema failed: " .. tostring(err), 2)
+  end
+  return "applied"
+end
+
+return schema

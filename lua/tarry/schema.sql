@@ -1,0 +1,688 @@
+-- tarry's database schema: the Procrastinate 3.9 job-queue schema (types, tables, indexes,
+-- sequences and stored functions of /work/shared/PROTOCOL.md sections 2-5), written for tarry.
+--
+-- Everything except the triggers is catalog-identical to Procrastinate's own schema, so Python
+-- workers and tarry workers can share the tables.  The triggers deliberately differ: instead of
+-- Procrastinate's seven row-level triggers, tarry installs statement-level triggers (named tarry_*)
+-- that write exactly the same event rows and send the same notifications (one job_inserted NOTIFY
+-- per queue and statement instead of one per row); only the delete trigger stays row-level (see
+-- there why).  Procrastinate's trigger functions are still defined here, because they belong to
+-- the catalog and spec/fixtures/procrastinate_triggers.sql attaches them when a test needs a
+-- database that looks Procrastinate-applied.
+--
+-- Usage: plain statements, applied once inside one transaction that the caller opens (psql -f,
+-- or one PQexec of the whole text).  Not idempotent: a second application fails with 42710.
+-- No object is schema-qualified: everything goes into the first schema of search_path.
+
+CREATE EXTENSION IF NOT EXISTS plpgsql;
+
+-- §2 Types ----------------------------------------------------------------------------------------
+
+CREATE TYPE procrastinate_job_status AS ENUM (
+    'todo',
+    'doing',
+    'succeeded',
+    'failed',
+    'cancelled',
+    'aborting',  -- legacy, never written since Procrastinate 3.0; kept for catalog identity
+    'aborted'
+);
+
+CREATE TYPE procrastinate_job_event_type AS ENUM (
+    'deferred',
+    'started',
+    'deferred_for_retry',
+    'failed',
+    'succeeded',
+    'cancelled',
+    'abort_requested',
+    'aborted',
+    'scheduled',
+    'retried'
+);
+
+CREATE TYPE procrastinate_job_to_defer_v1 AS (
+    queue_name character varying,
+    task_name character varying,
+    priority integer,
+    lock text,
+    queueing_lock text,
+    args jsonb,
+    scheduled_at timestamp with time zone
+);
+
+-- §3 Tables (columns in physical order: fetch returns the procrastinate_jobs row type) -----------
+
+CREATE TABLE procrastinate_workers (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    last_heartbeat timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT procrastinate_workers_pkey PRIMARY KEY (id)
+);
+
+CREATE TABLE procrastinate_jobs (
+    id bigserial,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    lock text,
+    queueing_lock text,
+    args jsonb NOT NULL DEFAULT '{}'::jsonb,
+    status procrastinate_job_status NOT NULL DEFAULT 'todo'::procrastinate_job_status,
+    scheduled_at timestamp with time zone,
+    attempts integer NOT NULL DEFAULT 0,
+    abort_requested boolean NOT NULL DEFAULT false,
+    worker_id bigint,
+    CONSTRAINT procrastinate_jobs_pkey PRIMARY KEY (id),
+    CONSTRAINT check_not_todo_abort_requested
+        CHECK (NOT (status = 'todo'::procrastinate_job_status AND abort_requested = true)),
+    CONSTRAINT procrastinate_jobs_worker_id_fkey
+        FOREIGN KEY (worker_id) REFERENCES procrastinate_workers (id) ON DELETE SET NULL
+);
+
+CREATE TABLE procrastinate_periodic_defers (
+    id bigserial,
+    task_name character varying(128) NOT NULL,
+    defer_timestamp bigint,
+    job_id bigint,
+    periodic_id character varying(128) NOT NULL DEFAULT ''::character varying,
+    CONSTRAINT procrastinate_periodic_defers_pkey PRIMARY KEY (id),
+    CONSTRAINT procrastinate_periodic_defers_unique UNIQUE (task_name, periodic_id, defer_timestamp),
+    -- No ON DELETE action: the delete trigger unlinks markers before a job row goes away.
+    CONSTRAINT procrastinate_periodic_defers_job_id_fkey
+        FOREIGN KEY (job_id) REFERENCES procrastinate_jobs (id)
+);
+
+CREATE TABLE procrastinate_events (
+    id bigserial,
+    job_id bigint NOT NULL,
+    type procrastinate_job_event_type,
+    at timestamp with time zone DEFAULT now(),
+    CONSTRAINT procrastinate_events_pkey PRIMARY KEY (id),
+    CONSTRAINT procrastinate_events_job_id_fkey
+        FOREIGN KEY (job_id) REFERENCES procrastinate_jobs (id) ON DELETE CASCADE
+);
+
+-- Indexes ------------------------------------------------------------------------------------------
+
+CREATE INDEX idx_procrastinate_workers_last_heartbeat
+    ON procrastinate_workers (last_heartbeat);
+
+-- Python recognises AlreadyEnqueued by this exact name: keep it a plain single-column index.
+CREATE UNIQUE INDEX procrastinate_jobs_queueing_lock_idx_v1
+    ON procrastinate_jobs (queueing_lock) WHERE status = 'todo'::procrastinate_job_status;
+-- Safety net: two same-lock jobs can never both be doing.
+CREATE UNIQUE INDEX procrastinate_jobs_lock_idx_v1
+    ON procrastinate_jobs (lock) WHERE status = 'doing'::procrastinate_job_status;
+CREATE INDEX idx_procrastinate_jobs_worker_not_null
+    ON procrastinate_jobs (worker_id)
+    WHERE worker_id IS NOT NULL AND status = 'doing'::procrastinate_job_status;
+CREATE INDEX procrastinate_jobs_queue_name_idx_v1
+    ON procrastinate_jobs (queue_name);
+CREATE INDEX procrastinate_jobs_id_lock_idx_v1
+    ON procrastinate_jobs (id, lock)
+    WHERE status = ANY (ARRAY['todo'::procrastinate_job_status, 'doing'::procrastinate_job_status]);
+CREATE INDEX procrastinate_jobs_priority_idx_v1
+    ON procrastinate_jobs (priority DESC, id ASC) WHERE status = 'todo'::procrastinate_job_status;
+
+CREATE INDEX procrastinate_periodic_defers_job_id_fkey_v1
+    ON procrastinate_periodic_defers (job_id);
+
+CREATE INDEX procrastinate_events_job_id_fkey_v1
+    ON procrastinate_events (job_id);
+
+-- §4 Functions -------------------------------------------------------------------------------------
+-- All LANGUAGE plpgsql, VOLATILE, not STRICT (NULL arguments mean something), SECURITY INVOKER.
+-- Errors of their own are RAISE without SQLSTATE, i.e. P0001.
+
+-- §4.1: one INSERT for the whole batch; returns the ids in input order, NULL for an empty batch.
+CREATE FUNCTION procrastinate_defer_jobs_v1(jobs procrastinate_job_to_defer_v1[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    new_ids bigint[];
+BEGIN
+    -- The ORDER BY makes the id defaults get drawn in array order, so sorting the ids gives
+    -- back the input order.  Explicit NULL fields are inserted as NULL (no default applies).
+    WITH inserted AS (
+        INSERT INTO procrastinate_jobs
+            (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+        SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args, j.scheduled_at
+        FROM unnest(jobs) WITH ORDINALITY
+             AS j (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, position)
+        ORDER BY j.position
+        RETURNING id
+    )
+    SELECT array_agg(inserted.id ORDER BY inserted.id) INTO new_ids FROM inserted;
+    RETURN new_ids;  -- array_agg over no rows is NULL, as the protocol wants
+END;
+$$;
+
+-- §4.2: at most one job per (task, periodic id, tick), across all workers.
+CREATE FUNCTION procrastinate_defer_periodic_job_v2(
+    _queue_name character varying,
+    _lock character varying,
+    _queueing_lock character varying,
+    _task_name character varying,
+    _priority integer,
+    _periodic_id character varying,
+    _defer_timestamp bigint,
+    _args jsonb
+)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    _marker_id bigint;
+    _new_job_id bigint;
+BEGIN
+    INSERT INTO procrastinate_periodic_defers (task_name, periodic_id, defer_timestamp)
+    VALUES (_task_name, _periodic_id, _defer_timestamp)
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO _marker_id;
+
+    IF _marker_id IS NULL THEN
+        RETURN NULL;  -- this tick was already deferred (by us or by another worker)
+    END IF;
+
+    -- A queueing-lock conflict here raises 23505 and takes the marker down with it.
+    INSERT INTO procrastinate_jobs (queue_name, task_name, priority, lock, queueing_lock, args)
+    VALUES (_queue_name, _task_name, _priority, _lock, _queueing_lock, _args)
+    RETURNING id INTO _new_job_id;
+
+    UPDATE procrastinate_periodic_defers SET job_id = _new_job_id WHERE id = _marker_id;
+
+    -- Keep only the newest marker (and later ones): lock the older ones in id order first,
+    -- so concurrent callers lock them in the same order.
+    DELETE FROM procrastinate_periodic_defers
+    WHERE id IN (
+        SELECT older.id
+        FROM procrastinate_periodic_defers AS older
+        WHERE older.task_name = _task_name
+          AND older.periodic_id = _periodic_id
+          AND older.defer_timestamp < _defer_timestamp
+        ORDER BY older.id
+        FOR UPDATE
+    );
+
+    RETURN _new_job_id;
+END;
+$$;
+
+-- §4.3: take the best eligible todo job; always returns one row (all NULL when none).
+CREATE FUNCTION procrastinate_fetch_job_v2(target_queue_names character varying[], p_worker_id bigint)
+RETURNS procrastinate_jobs
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    found_job procrastinate_jobs;
+BEGIN
+    WITH candidate AS (
+        SELECT job.id
+        FROM procrastinate_jobs AS job
+        WHERE job.status = 'todo'
+          AND (target_queue_names IS NULL OR job.queue_name = ANY (target_queue_names))
+          AND (job.scheduled_at IS NULL OR job.scheduled_at <= now())
+          -- Lock blocking rule: a same-lock job that is doing, or todo and ranked before this
+          -- one (whatever its queue or schedule), blocks it.
+          AND (job.lock IS NULL OR NOT EXISTS (
+                SELECT 1
+                FROM procrastinate_jobs AS other
+                WHERE other.lock = job.lock
+                  AND (other.status = 'doing'
+                       OR (other.status = 'todo'
+                           AND (other.priority > job.priority
+                                OR (other.priority = job.priority AND other.id < job.id))))
+              ))
+        ORDER BY job.priority DESC, job.id ASC
+        LIMIT 1
+        FOR UPDATE OF job SKIP LOCKED
+    )
+    UPDATE procrastinate_jobs AS job
+    SET status = 'doing', worker_id = p_worker_id
+    FROM candidate
+    WHERE job.id = candidate.id
+    RETURNING job.* INTO found_job;
+
+    RETURN found_job;  -- an unassigned row variable: every field NULL
+END;
+$$;
+
+-- §4.4
+CREATE FUNCTION procrastinate_finish_job_v1(job_id bigint, end_status procrastinate_job_status, delete_job boolean)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    _finished_id bigint;
+BEGIN
+    -- Checked before anything else, even when the job is to be deleted.  A NULL status is not
+    -- one of the three either.
+    IF end_status IS NULL OR end_status NOT IN ('succeeded', 'failed', 'aborted') THEN
+        RAISE 'End status should be either "succeeded", "failed" or "aborted" (job id: %)', job_id;
+    END IF;
+
+    IF delete_job THEN
+        DELETE FROM procrastinate_jobs
+        WHERE id = job_id AND status IN ('todo', 'doing')
+        RETURNING id INTO _finished_id;
+    ELSE
+        UPDATE procrastinate_jobs
+        SET status = end_status,
+            abort_requested = false,
+            -- only a job that actually ran counts as an attempt
+            attempts = CASE WHEN status = 'doing' THEN attempts + 1 ELSE attempts END
+        WHERE id = job_id AND status IN ('todo', 'doing')
+        RETURNING id INTO _finished_id;
+    END IF;
+
+    IF _finished_id IS NULL THEN
+        RAISE 'Job was not found or not in "doing" or "todo" status (job id: %)', job_id;
+    END IF;
+END;
+$$;
+
+-- §4.5
+CREATE FUNCTION procrastinate_cancel_job_v1(job_id bigint, abort boolean, delete_job boolean)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    _cancelled_id bigint;
+BEGIN
+    IF delete_job THEN
+        DELETE FROM procrastinate_jobs
+        WHERE id = job_id AND status = 'todo'
+        RETURNING id INTO _cancelled_id;
+    END IF;
+
+    IF _cancelled_id IS NULL THEN
+        IF abort THEN
+            -- One UPDATE for both cases: a todo job is cancelled, a doing job keeps running
+            -- with the flag set (its worker is told by the abort NOTIFY).
+            UPDATE procrastinate_jobs
+            SET abort_requested = true,
+                status = CASE WHEN status = 'todo' THEN 'cancelled'::procrastinate_job_status
+                              ELSE status END
+            WHERE id = job_id AND status IN ('todo', 'doing')
+            RETURNING id INTO _cancelled_id;
+        ELSE
+            UPDATE procrastinate_jobs
+            SET status = 'cancelled'
+            WHERE id = job_id AND status = 'todo'
+            RETURNING id INTO _cancelled_id;
+        END IF;
+    END IF;
+
+    RETURN _cancelled_id;
+END;
+$$;
+
+-- §4.6
+CREATE FUNCTION procrastinate_retry_job_v2(
+    job_id bigint,
+    retry_at timestamp with time zone,
+    new_priority integer,
+    new_queue_name character varying,
+    new_lock character varying
+)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    _current_status procrastinate_job_status;
+    _abort_requested boolean;
+    _retried_id bigint;
+BEGIN
+    SELECT status, abort_requested INTO _current_status, _abort_requested
+    FROM procrastinate_jobs
+    WHERE id = job_id AND status IN ('doing', 'failed')
+    FOR UPDATE;
+
+    IF _current_status = 'doing' AND _abort_requested THEN
+        -- An abort was asked for: the job ends failed instead of running again.
+        UPDATE procrastinate_jobs
+        SET status = 'failed'
+        WHERE id = job_id
+        RETURNING id INTO _retried_id;
+    ELSE
+        UPDATE procrastinate_jobs
+        SET status = 'todo',
+            attempts = attempts + 1,
+            scheduled_at = retry_at,
+            priority = COALESCE(new_priority, priority),
+            queue_name = COALESCE(new_queue_name, queue_name),
+            lock = COALESCE(new_lock, lock)
+        WHERE id = job_id AND status IN ('doing', 'failed')
+        RETURNING id INTO _retried_id;
+    END IF;
+
+    IF _retried_id IS NULL THEN
+        RAISE 'Job was not found or has an invalid status to retry (job id: %)', job_id;
+    END IF;
+END;
+$$;
+
+-- §4.7: legacy; only doing jobs qualify.  Kept because it is part of the 3.9 catalog.
+CREATE FUNCTION procrastinate_retry_job_v1(
+    job_id bigint,
+    retry_at timestamp with time zone,
+    new_priority integer,
+    new_queue_name character varying,
+    new_lock character varying
+)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    _abort_requested boolean;
+    _retried_id bigint;
+BEGIN
+    SELECT abort_requested INTO _abort_requested
+    FROM procrastinate_jobs
+    WHERE id = job_id AND status = 'doing'
+    FOR UPDATE;
+
+    IF _abort_requested THEN
+        UPDATE procrastinate_jobs
+        SET status = 'failed'
+        WHERE id = job_id
+        RETURNING id INTO _retried_id;
+    ELSE
+        UPDATE procrastinate_jobs
+        SET status = 'todo',
+            attempts = attempts + 1,
+            scheduled_at = retry_at,
+            priority = COALESCE(new_priority, priority),
+            queue_name = COALESCE(new_queue_name, queue_name),
+            lock = COALESCE(new_lock, lock)
+        WHERE id = job_id AND status = 'doing'
+        RETURNING id INTO _retried_id;
+    END IF;
+
+    IF _retried_id IS NULL THEN
+        RAISE 'Job was not found or not in "doing" status (job id: %)', job_id;
+    END IF;
+END;
+$$;
+
+-- §4.8 Worker liveness
+
+CREATE FUNCTION procrastinate_register_worker_v1()
+RETURNS TABLE(worker_id bigint)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN QUERY
+        INSERT INTO procrastinate_workers DEFAULT VALUES
+        RETURNING procrastinate_workers.id;
+END;
+$$;
+
+-- Deleting the row lets the FK's ON DELETE SET NULL detach every job of that worker.
+CREATE FUNCTION procrastinate_unregister_worker_v1(worker_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    DELETE FROM procrastinate_workers
+    WHERE id = procrastinate_unregister_worker_v1.worker_id;
+END;
+$$;
+
+CREATE FUNCTION procrastinate_update_heartbeat_v1(worker_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    UPDATE procrastinate_workers
+    SET last_heartbeat = now()
+    WHERE id = procrastinate_update_heartbeat_v1.worker_id;
+END;
+$$;
+
+CREATE FUNCTION procrastinate_prune_stalled_workers_v1(seconds_since_heartbeat double precision)
+RETURNS TABLE(worker_id bigint)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN QUERY
+        DELETE FROM procrastinate_workers
+        WHERE last_heartbeat < now() - seconds_since_heartbeat * interval '1 second'
+        RETURNING procrastinate_workers.id;
+END;
+$$;
+
+-- §5 Procrastinate's row-level trigger functions ---------------------------------------------------
+-- Part of the catalog.  tarry's own triggers (further down) do not use them, except the delete one;
+-- spec/fixtures/procrastinate_triggers.sql attaches them the way Procrastinate does.
+
+CREATE FUNCTION procrastinate_notify_queue_job_inserted_v1()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    payload text := json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text;
+BEGIN
+    PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
+    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION procrastinate_notify_queue_abort_job_v1()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    payload text := json_build_object('type', 'abort_job_requested', 'job_id', NEW.id)::text;
+BEGIN
+    PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
+    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION procrastinate_trigger_function_status_events_insert_v1()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO procrastinate_events (job_id, type) VALUES (NEW.id, 'deferred');
+    RETURN NEW;
+END;
+$$;
+
+-- The (old status -> new status) mapping of §5; tarry_jobs_update_events() repeats it.
+CREATE FUNCTION procrastinate_trigger_function_status_events_update_v1()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    event procrastinate_job_event_type;
+BEGIN
+    event := CASE
+        WHEN OLD.status = 'todo' AND NEW.status = 'doing' THEN 'started'
+        WHEN OLD.status = 'doing' AND NEW.status = 'todo' THEN 'deferred_for_retry'
+        WHEN OLD.status = 'doing' AND NEW.status = 'failed' THEN 'failed'
+        WHEN OLD.status = 'doing' AND NEW.status = 'succeeded' THEN 'succeeded'
+        WHEN OLD.status = 'todo' AND NEW.status IN ('cancelled', 'failed', 'succeeded') THEN 'cancelled'
+        WHEN OLD.status = 'doing' AND NEW.status = 'aborted' THEN 'aborted'
+        WHEN OLD.status = 'failed' AND NEW.status = 'todo' THEN 'retried'
+    END::procrastinate_job_event_type;
+    IF event IS NOT NULL THEN
+        INSERT INTO procrastinate_events (job_id, type) VALUES (NEW.id, event);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION procrastinate_trigger_function_scheduled_events_v1()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO procrastinate_events (job_id, type, at)
+    VALUES (NEW.id, 'scheduled', NEW.scheduled_at);
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION procrastinate_trigger_abort_requested_events_procedure_v1()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO procrastinate_events (job_id, type) VALUES (NEW.id, 'abort_requested');
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION procrastinate_unlink_periodic_defers_v1()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    UPDATE procrastinate_periodic_defers SET job_id = NULL WHERE job_id = OLD.id;
+    RETURN OLD;
+END;
+$$;
+
+-- tarry's triggers -----------------------------------------------------------------------------------
+-- Statement-level, with transition tables: one trigger call per statement writes the event rows
+-- of all its jobs in one INSERT, and sends one job_inserted NOTIFY per queue.  Event ids keep the
+-- order the row-level triggers give: jobs in the order the statement processed them, and per job
+-- scheduled before deferred (INSERT), abort_requested before scheduled before the status event
+-- (UPDATE).  Row order comes from the transition table (row_number() over its scan order).
+
+-- INSERT: scheduled (at = scheduled_at) then deferred for each todo job; NOTIFY per queue.
+CREATE FUNCTION tarry_jobs_insert_events()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO procrastinate_events (job_id, type, at)
+    SELECT job.id, event.type, event.at
+    FROM (SELECT row_number() OVER () AS position, inserted.* FROM inserted_jobs AS inserted) AS job
+    CROSS JOIN LATERAL (VALUES
+        (1, CASE WHEN job.scheduled_at IS NOT NULL
+                 THEN 'scheduled'::procrastinate_job_event_type END, job.scheduled_at),
+        (2, 'deferred'::procrastinate_job_event_type, now())
+    ) AS event (rank, type, at)
+    WHERE job.status = 'todo' AND event.type IS NOT NULL
+    ORDER BY job.position, event.rank;
+
+    -- Workers only use these as a wake-up: one per queue (naming its first new job) is enough.
+    -- A queue name over 40 bytes makes pg_notify fail with 22023, as with the row-level triggers.
+    PERFORM pg_notify(channel.name, queue.payload)
+    FROM (
+        SELECT inserted.queue_name,
+               json_build_object('type', 'job_inserted', 'job_id', min(inserted.id))::text AS payload
+        FROM inserted_jobs AS inserted
+        WHERE inserted.status = 'todo'
+        GROUP BY inserted.queue_name
+    ) AS queue
+    CROSS JOIN LATERAL (VALUES
+        (1, 'procrastinate_queue_v1#' || queue.queue_name),
+        (2, 'procrastinate_any_queue_v1')
+    ) AS channel (rank, name)
+    ORDER BY queue.queue_name, channel.rank;
+
+    RETURN NULL;
+END;
+$$;
+
+-- Procrastinate's abort_requested event fires on every UPDATE whose SET list names abort_requested
+-- (even when the value does not change).  A trigger with transition tables cannot have a column
+-- list, so this column-list statement trigger only records "abort_requested was in the SET list"
+-- in a transaction-local setting; it fires just before tarry_jobs_update_events (triggers of the
+-- same kind fire in name order), which reads and clears it.
+CREATE FUNCTION tarry_jobs_note_abort_requested_set()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM set_config('tarry.abort_requested_in_set', 'on', true);
+    RETURN NULL;
+END;
+$$;
+
+-- UPDATE: per job, abort NOTIFY and abort_requested event, scheduled event, status event.
+CREATE FUNCTION tarry_jobs_update_events()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    abort_in_set boolean := current_setting('tarry.abort_requested_in_set', true) = 'on';
+BEGIN
+    IF abort_in_set THEN
+        PERFORM set_config('tarry.abort_requested_in_set', 'off', true);
+
+        -- Abort notifications stay one per job: the worker reads job_id.  Sent when the flag
+        -- goes from false to true on a doing job.  Like Procrastinate's UPDATE OF trigger, only
+        -- when abort_requested was in the SET list, which also spares fetch and finish this query.
+        PERFORM pg_notify(channel.name, job.payload)
+        FROM (
+            SELECT new_job.id, new_job.queue_name,
+                   json_build_object('type', 'abort_job_requested', 'job_id', new_job.id)::text AS payload
+            FROM new_jobs AS new_job
+            JOIN old_jobs AS old_job ON old_job.id = new_job.id
+            WHERE NOT old_job.abort_requested AND new_job.abort_requested AND new_job.status = 'doing'
+        ) AS job
+        CROSS JOIN LATERAL (VALUES
+            (1, 'procrastinate_queue_v1#' || job.queue_name),
+            (2, 'procrastinate_any_queue_v1')
+        ) AS channel (rank, name)
+        ORDER BY job.id, channel.rank;
+    END IF;
+
+    INSERT INTO procrastinate_events (job_id, type, at)
+    SELECT job.id, event.type, event.at
+    FROM (SELECT row_number() OVER () AS position, updated.* FROM new_jobs AS updated) AS job
+    JOIN old_jobs AS old_job ON old_job.id = job.id
+    CROSS JOIN LATERAL (VALUES
+        (1, CASE WHEN abort_in_set AND job.abort_requested
+                 THEN 'abort_requested'::procrastinate_job_event_type END, now()),
+        (2, CASE WHEN job.status = 'todo' AND job.scheduled_at IS NOT NULL
+                 THEN 'scheduled'::procrastinate_job_event_type END, job.scheduled_at),
+        -- §5's mapping; an unchanged status maps to no event, so it does not matter that a
+        -- statement trigger cannot tell whether status was in the SET list.
+        (3, CASE
+                WHEN old_job.status = 'todo' AND job.status = 'doing' THEN 'started'
+                WHEN old_job.status = 'doing' AND job.status = 'todo' THEN 'deferred_for_retry'
+                WHEN old_job.status = 'doing' AND job.status = 'failed' THEN 'failed'
+                WHEN old_job.status = 'doing' AND job.status = 'succeeded' THEN 'succeeded'
+                WHEN old_job.status = 'todo' AND job.status IN ('cancelled', 'failed', 'succeeded')
+                    THEN 'cancelled'
+                WHEN old_job.status = 'doing' AND job.status = 'aborted' THEN 'aborted'
+                WHEN old_job.status = 'failed' AND job.status = 'todo' THEN 'retried'
+            END::procrastinate_job_event_type, now())
+    ) AS event (rank, type, at)
+    WHERE event.type IS NOT NULL
+    ORDER BY job.position, event.rank;
+
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tarry_jobs_insert_events
+    AFTER INSERT ON procrastinate_jobs
+    REFERENCING NEW TABLE AS inserted_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION tarry_jobs_insert_events();
+
+-- Name sorts before tarry_jobs_update_events: it must fire first.
+CREATE TRIGGER tarry_jobs_note_abort_requested_set
+    AFTER UPDATE OF abort_requested ON procrastinate_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION tarry_jobs_note_abort_requested_set();
+
+CREATE TRIGGER tarry_jobs_update_events
+    AFTER UPDATE ON procrastinate_jobs
+    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION tarry_jobs_update_events();
+
+-- The one row-level trigger: the markers must be unlinked BEFORE the rows go, because the FK's
+-- NO ACTION check runs as a row-level AFTER trigger, ahead of any AFTER STATEMENT trigger, and
+-- transition tables exist only for AFTER triggers.
+CREATE TRIGGER tarry_jobs_unlink_periodic_defers
+    BEFORE DELETE ON procrastinate_jobs
+    FOR EACH ROW EXECUTE FUNCTION procrastinate_unlink_periodic_defers_v1();
