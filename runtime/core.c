@@ -10,6 +10,9 @@ int tarry_open_core(lua_State *L)
     tarry_sync_open(L);
     tarry_pg_connector_open(L);
     tarry_app_open(L);
+    tarry_event_open(L);
+    tarry_signals_open(L);
+    tarry_listener_open(L);
     lua_pushliteral(L, TARRY_VERSION_STRING);
     lua_setfield(L, -2, "version");
     return 1;

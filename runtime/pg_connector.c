@@ -554,6 +554,19 @@ static int pgc_execute(lua_State *L)
     return tarry_connector_query(L, 1, &q);
 }
 
+/* c:listen{ channel, ... } -> a tarry.Listener on its own connection (see listener.c). */
+static int pgc_listen(lua_State *L)
+{
+    tarry_pgc *c = pgc_check(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_pushcfunction(L, tarry_listen);
+    lua_pushstring(L, c->conninfo);
+    lua_pushvalue(L, 2);
+    lua_pushinteger(L, c->connect_timeout);
+    lua_call(L, 3, 1);
+    return 1;
+}
+
 static int pgc_is_open(lua_State *L)
 {
     lua_pushboolean(L, pgc_check(L, 1)->pool != NULL);
@@ -575,7 +588,7 @@ void tarry_pg_connector_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "open", pgc_open }, { "close", pgc_close }, { "execute", pgc_execute },
-        { "get_sync_connector", pgc_get_sync }, { "is_open", pgc_is_open }, { NULL, NULL } };
+        { "get_sync_connector", pgc_get_sync }, { "is_open", pgc_is_open }, { "listen", pgc_listen }, { NULL, NULL } };
     luaL_newmetatable(L, TARRY_PG_MT);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

@@ -25,6 +25,7 @@ struct tarry_rt {
     lua_State *L;           /* the thread driving the loop, while one does */
     int alive;              /* spawned coroutines that have not finished */
     int driving;
+    tarry_co *current;      /* the tarry coroutine being resumed, if any */
     ev_idle ready;          /* runs the ready queue without blocking the loop */
     tarry_co *ready_head, *ready_tail;
 };
@@ -38,6 +39,7 @@ struct tarry_co {
     int waiting;            /* parked on an event (else a plain yield: it is ready again) */
     void (*cancel)(void *); /* undoes the pending wait if the runtime goes away first */
     void *cancel_data;
+    int queued;             /* in the ready queue */
     tarry_co *next_ready;
 };
 
@@ -64,6 +66,8 @@ static void push_registry_table(lua_State *L, const void *key)
 static void ready_push(tarry_co *h)
 {
     tarry_rt *rt = h->rt;
+    if (h->queued) return;
+    h->queued = 1;
     h->next_ready = NULL;
     if (rt->ready_tail) rt->ready_tail->next_ready = h; else rt->ready_head = h;
     rt->ready_tail = h;
@@ -81,7 +85,8 @@ static void ready_cb(struct ev_loop *loop, ev_idle *w, int revents)
         tarry_co *h = batch;
         batch = h->next_ready;
         h->next_ready = NULL;
-        co_resume(h);
+        h->queued = 0;
+        if (h->status == CO_RUNNING) co_resume(h);
     }
 }
 
@@ -190,10 +195,15 @@ int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cance
     return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), park_k);
 }
 
+/* Resume now from a loop callback; from anywhere else (a coroutine, the main thread outside
+   the loop) the ready queue resumes it, so coroutines never nest inside each other. */
 void tarry_rt_wake(tarry_co *h, int nvalues)
 {
+    tarry_rt *rt = h->rt;
     h->nargs = nvalues;
-    co_resume(h);
+    h->cancel = NULL;
+    if (rt->driving && !rt->current) co_resume(h);
+    else ready_push(h);
 }
 
 /* ---- finishing ---- */
@@ -254,17 +264,16 @@ static void wake_joiners(lua_State *L, int hidx)
     lua_pop(L, 1);
 }
 
-static void co_finish(tarry_co *h, int st, int nres)
+static void co_finish(lua_State *L, tarry_co *h, int st, int nres, int seen)
 {
     tarry_rt *rt = h->rt;
-    lua_State *L = rt->L;
     int hidx;
     push_handle(L, h);
     hidx = lua_gettop(L);
     store_outcome(L, hidx, h, st, nres);
     h->status = (st == LUA_OK) ? CO_OK : CO_ERROR;
-    if (st != LUA_OK) {
-        lua_resetthread(h->co);          /* runs its pending <close> variables */
+    if (st != LUA_OK) lua_resetthread(h->co);   /* runs its pending <close> variables */
+    if (st != LUA_OK && !seen) {
         push_registry_table(L, &UNSEEN_KEY);
         lua_pushvalue(L, hidx);
         lua_pushboolean(L, 1);
@@ -287,16 +296,19 @@ static void co_resume(tarry_co *h)
 {
     tarry_rt *rt = h->rt;
     int nres, st, nargs = h->nargs;
+    tarry_co *outer = rt->current;
     h->nargs = 0;
     h->waiting = 0;
     h->cancel = NULL;
+    rt->current = h;
     st = lua_resume(h->co, rt->L, nargs, &nres);
+    rt->current = outer;
     if (st == LUA_YIELD) {
         lua_pop(h->co, nres);
         if (!h->waiting) ready_push(h);
         return;
     }
-    co_finish(h, st, nres);
+    co_finish(rt->L, h, st, nres, 0);
 }
 
 /* ---- spawn, run, result ---- */
@@ -424,6 +436,23 @@ static int co_result(lua_State *L)
     return n - 1;
 }
 
+/* handle:cancel([err]): stop a coroutine now. Its pending wait is undone, its <close>
+   variables run, and its result becomes the error err (default {code="cancelled"}).
+   No-op on a finished coroutine; a coroutine cannot cancel itself.  [-(1|2), +0, e] */
+static int co_cancel(lua_State *L)
+{
+    tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
+    if (h->status != CO_RUNNING) return 0;
+    if (h->rt->current == h) return luaL_error(L, "a coroutine cannot cancel itself");
+    if (h->cancel) h->cancel(h->cancel_data);
+    h->cancel = NULL;
+    lua_resetthread(h->co);
+    if (lua_isnoneornil(L, 2)) tarry_push_error(h->co, "cancelled", "the coroutine was cancelled");
+    else { lua_pushvalue(L, 2); lua_xmove(L, h->co, 1); }
+    co_finish(L, h, LUA_ERRRUN, 1, 1);
+    return 0;
+}
+
 static int co_status(lua_State *L)
 {
     tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
@@ -499,7 +528,7 @@ static int l_in_coroutine(lua_State *L) { lua_pushboolean(L, tarry_rt_current(L)
 void tarry_runtime_open(lua_State *L)
 {
     static const luaL_Reg co_methods[] = {
-        { "result", co_result }, { "status", co_status }, { NULL, NULL } };
+        { "result", co_result }, { "status", co_status }, { "cancel", co_cancel }, { NULL, NULL } };
     static const luaL_Reg funcs[] = {
         { "spawn", l_spawn }, { "run", l_run }, { "sleep", tarry_rt_sleep }, { "now", l_now },
         { "in_coroutine", l_in_coroutine }, { NULL, NULL } };

@@ -162,6 +162,14 @@ static int sync_self(lua_State *L)
     return 1;
 }
 
+/* What needs the event loop is the async connector's job: say so. */
+static int sync_needs_async(lua_State *L)
+{
+    tarry_sync_check(L, 1);
+    return luaL_error(L, "a tarry.SyncPgConnector cannot LISTEN or run a worker: use tarry.PgConnector "
+                         "(app:with_connector(tarry.PgConnector{ conninfo = ... }))");
+}
+
 static int sync_tostring(lua_State *L)
 {
     tarry_sync *s = tarry_sync_check(L, 1);
@@ -175,7 +183,7 @@ void tarry_sync_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "open", sync_open }, { "close", sync_close }, { "execute", sync_execute },
-        { "get_sync_connector", sync_self }, { NULL, NULL } };
+        { "get_sync_connector", sync_self }, { "listen", sync_needs_async }, { NULL, NULL } };
     luaL_newmetatable(L, TARRY_SYNC_MT);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

@@ -104,6 +104,12 @@ int tarry_connector_query(lua_State *L, int idx, const tarry_query *q);
 int tarry_is_c_connector(lua_State *L, int idx);
 void tarry_pg_connector_open(lua_State *L);
 
+/* ---- event.c, signals.c, listener.c ---- */
+void tarry_event_open(lua_State *L);
+void tarry_signals_open(lua_State *L);
+void tarry_listener_open(lua_State *L);
+int tarry_listen(lua_State *L);   /* core.listen(conninfo, channels, connect_timeout) */
+
 /* ---- app.c ---- */
 void tarry_app_open(lua_State *L);
 
