@@ -37,8 +37,9 @@ static void wake_waiter(waiter *w, int value)
     tarry_co *h = w->h;
     unlink_waiter(w);
     free(w);
+    lua_pushboolean(tarry_co_state(h), 1);          /* the park protocol: ok, then the result */
     lua_pushboolean(tarry_co_state(h), value);
-    tarry_rt_wake(h, 1);
+    tarry_rt_wake(h, 2);
 }
 
 static void timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)

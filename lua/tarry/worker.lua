@@ -72,6 +72,8 @@ function Worker.new(app, opts)
     running = 0,          -- jobs whose coroutine has not finished
     jobs = {},            -- job id -> { job=, handle= }
     pending = {},         -- outcomes not yet recorded in the database
+    in_flight = 0,        -- outcomes the flusher is recording right now
+    recorded = 0,         -- batches of outcomes recorded so far (a one-shot worker's exit test)
     wake = core.Event(),  -- the fetch loop: a slot freed, a job announced, a stop
     flushed = core.Event(),
     to_flush = core.Event(),
@@ -170,14 +172,20 @@ function Worker:flusher()
     else
       local batch = self.pending
       self.pending = {}
+      self.in_flight = #batch
       local ok, err = pcall(self.store.finish, self.store, batch)
+      if not ok and type(err) == "table" and err.code ~= "connection" and #batch > 1 then
+        self:flush_one_by_one(batch)        -- one bad id must not hold the others back
+        ok = true
+      elseif not ok then
+        for i = #batch, 1, -1 do table.insert(self.pending, 1, batch[i]) end
+      end
+      self.in_flight = 0
+      self.recorded = self.recorded + 1
+      self.wake:set()                       -- a one-shot worker may find retried or unlocked jobs now
       if ok then
         backoff = 0.05
-        self.wake:set()                     -- a one-shot worker may find retried jobs now
-      elseif type(err) == "table" and err.code ~= "connection" and #batch > 1 then
-        self:flush_one_by_one(batch)        -- one bad id must not hold the others back
       else
-        for i = #batch, 1, -1 do table.insert(self.pending, 1, batch[i]) end
         if self.forced or (self.stopping and core.now() > self.flush_deadline) then
           self.log:error("finish_abandoned", string.format("%d job outcome(s) could not be recorded: " ..
             "those jobs stay 'doing' until recovered as stalled (%s)", #self.pending, tostring(err)))
@@ -300,16 +308,25 @@ function Worker:handle_fetch_error(err, backoff)
   return math.min(backoff * 2, 10)
 end
 
+-- A one-shot worker is done when a fetch found nothing while no job ran and no outcome was
+-- pending or being recorded, from before that fetch began until it returned: an outcome recorded
+-- meanwhile (a retry, a lock released) may have been missed by the fetch's snapshot.
+function Worker:nothing_left(n, recorded_before)
+  return n == 0 and self.running == 0 and #self.pending == 0 and self.in_flight == 0
+    and self.recorded == recorded_before
+end
+
 function Worker:fetch_loop()
   local backoff = 0.1
   while not self.stopping do
+    local recorded_before = self.recorded
     local n, more = self:fetch_round()
     if n == nil then
       backoff = self:handle_fetch_error(more, backoff)
     else
       backoff = 0.1
       if not more then
-        if not self.wait and n == 0 and self.running == 0 and #self.pending == 0 then return end
+        if not self.wait and self:nothing_left(n, recorded_before) then return end
         if self.running >= self.concurrency or not self.wait then
           self.wake:wait()                             -- a slot frees up (or a stop)
         else
@@ -349,15 +366,22 @@ function Worker:main()
   if self.signals then side[#side + 1] = self.app:spawn(self.signal_loop, self) end
   local ok, err = pcall(self.fetch_loop, self)
   self:stop()
-  self:drain()
+  local drained, derr = pcall(self.drain, self)
   self.to_flush:set()
-  side[2]:result()                                   -- every outcome recorded
+  pcall(side[2].result, side[2])                     -- every outcome recorded (or given up)
   if self.signal_watcher then self.signal_watcher:close() end
-  for i = 1, #side do side[i]:result() end
+  for i = 1, #side do
+    if side[i]:status() == "running" and not (ok and drained) then side[i]:cancel() end
+    local sok, serr = pcall(side[i].result, side[i])
+    if not sok and not (type(serr) == "table" and serr.code == "cancelled") then
+      self.log:error("worker_bug", "a worker loop failed: " .. tostring(serr))
+    end
+  end
   local unreg_ok, unreg_err = pcall(self.store.unregister, self.store, self.worker_id)
   if not unreg_ok then self.log:warning("unregister_failed", "could not unregister: " .. tostring(unreg_err)) end
   self.log:info("worker_stopped", string.format("worker %s stopped", self.name), { worker_id = self.worker_id })
   if not ok then error(err, 0) end
+  if not drained then error(derr, 0) end
 end
 
 --- app:run_worker(opts): run a worker until it stops (see Worker.new for the options).

@@ -87,7 +87,10 @@ function db.conninfo(name)
 end
 
 --- Stop / start the throwaway server (scripts/with-postgres runs pg_virtualenv's cluster "regress").
+--- action: "stop", "start" or "restart" (stop then start: pg_ctlcluster's own restart refuses
+--- pg_virtualenv's temporary clusters).
 function db.server(action)
+  if action == "restart" then db.server("stop"); return db.server("start") end
   local v = os.getenv("PGVERSION") or "15"
   local ok = os.execute(string.format("pg_ctlcluster %s regress %s >/dev/null 2>&1", v, action))
   assert(ok, "pg_ctlcluster " .. action .. " failed")

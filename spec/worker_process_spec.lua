@@ -1,0 +1,177 @@
+-- Real `tarry worker` processes: signals, a PostgreSQL restart, several workers on one queue.
+local db = require "support.db"
+local proc = require "support.process"
+
+local function status_of(name, id)
+  return db.value(name, "SELECT status FROM procrastinate_jobs WHERE id = " .. id)
+end
+
+local function defer(name, task, args, opts)
+  local out = db.value(name, string.format(
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, 0, NULL, NULL, %s::jsonb, NULL)" ..
+    "::procrastinate_job_to_defer_v1]))", "'" .. ((opts or {}).queue or "default") .. "'", "'" .. task .. "'",
+    "'" .. (args or "{}") .. "'"))
+  return tonumber(out)
+end
+
+local TASKS = [[
+app:task("nap", function(args, ctx) ctx:sleep(args.s) return true end)
+app:task("add", function(args) return args.a + args.b end)
+]]
+
+describe("tarry worker stopping on signals", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  for _, sig in ipairs { "TERM", "INT" } do
+    it("lets the running job finish on the first SIG" .. sig .. ", unregisters and exits 0", function()
+      local app = proc.app_file(name, TASKS)
+      local w = proc.start("worker --app " .. app .. " --fetch-job-polling-interval 0.2")
+      local id = defer(name, "nap", '{"s": 0.5}')
+      proc.until_true(function() return status_of(name, id) == "doing" end, 30, "the job to start")
+      w:signal(sig)
+      assert.are.equal(0, w:wait())
+      assert.are.equal("succeeded", status_of(name, id))
+      assert.are.equal("0", db.value(name, "SELECT count(*) FROM procrastinate_workers"))
+      assert.matches("stopping after the running jobs", w:output())
+    end)
+  end
+
+  it("stops at once on a second signal; the cut job is failed", function()
+    local app = proc.app_file(name, TASKS)
+    local w = proc.start("worker --app " .. app)
+    local id = defer(name, "nap", '{"s": 600}')
+    proc.until_true(function() return status_of(name, id) == "doing" end, 30, "the job to start")
+    w:signal("TERM")
+    proc.until_true(function() return w:output():match("stopping after the running jobs") end, 30, "the first signal")
+    w:signal("TERM")
+    assert.are.equal(0, w:wait(60))
+    assert.are.equal("failed", status_of(name, id))
+    assert.matches("stopping at once", w:output())
+    assert.matches("interrupted", w:output())
+  end)
+
+  it("bounds the graceful stop by --shutdown-graceful-timeout", function()
+    local app = proc.app_file(name, TASKS)
+    local w = proc.start("worker --app " .. app .. " --shutdown-graceful-timeout 0.3")
+    local id = defer(name, "nap", '{"s": 600}')
+    proc.until_true(function() return status_of(name, id) == "doing" end, 30, "the job to start")
+    w:signal("INT")
+    assert.are.equal(0, w:wait(60))
+    assert.are.equal("failed", status_of(name, id))
+  end)
+end)
+
+describe("tarry worker waking up", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("starts a job deferred while it idles, on the NOTIFY (polling every 10 minutes)", function()
+    local app = proc.app_file(name, TASKS)
+    local w = proc.start("worker --app " .. app .. " --fetch-job-polling-interval 600")
+    proc.until_true(function() return db.value(name, "SELECT count(*) FROM pg_stat_activity WHERE " ..
+      "datname = current_database() AND query LIKE 'LISTEN%'") == "1" end, 30, "the worker to LISTEN")
+    local id = defer(name, "add", '{"a": 1, "b": 2}')
+    proc.until_true(function() return status_of(name, id) == "succeeded" end, 60, "the job to run")
+    w:signal("TERM")
+    assert.are.equal(0, w:wait())
+  end)
+
+  it("still runs everything by polling with --no-listen-notify", function()
+    local app = proc.app_file(name, TASKS)
+    local w = proc.start("worker --app " .. app .. " --no-listen-notify --fetch-job-polling-interval 0.1")
+    local ids = {}
+    for i = 1, 3 do ids[i] = defer(name, "add", '{"a": 1, "b": 2}') end
+    proc.until_true(function() return status_of(name, ids[3]) == "succeeded" end, 60, "the jobs to run")
+    assert.are.equal("0", db.value(name, "SELECT count(*) FROM pg_stat_activity WHERE " ..
+      "datname = current_database() AND query LIKE 'LISTEN%'"))
+    w:signal("TERM")
+    assert.are.equal(0, w:wait())
+  end)
+
+  it("writes JSON lines with --log-format json", function()
+    local app = proc.app_file(name, TASKS)
+    defer(name, "add", '{"a": 1, "b": 2}')
+    local w = proc.start("worker --app " .. app .. " --one-shot --log-format json")
+    assert.are.equal(0, w:wait())
+    local tarry = require "tarry"
+    local events = {}
+    for line in w:output():gmatch("[^\n]+") do
+      local rec = tarry.json.decode(line)
+      events[#events + 1] = rec.event
+      assert.is_string(rec.ts)
+      assert.is_string(rec.level)
+    end
+    assert.are.same({ "worker_started", "job_started", "job_succeeded", "worker_stopped" }, events)
+  end)
+end)
+
+describe("tarry worker across a PostgreSQL restart", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("reconnects, re-LISTENs and carries on; a job running meanwhile is recorded once the server is back", function()
+    local app = proc.app_file(name, TASKS)
+    local w = proc.start("worker --app " .. app .. " --fetch-job-polling-interval 600")
+    local running = defer(name, "nap", '{"s": 5}')
+    proc.until_true(function() return status_of(name, running) == "doing" end, 30, "the job to start")
+    db.server("restart")
+    assert.are.equal("doing", status_of(name, running))   -- not reported done before its finish got through
+    proc.until_true(function() return status_of(name, running) == "succeeded" end, 60, "the outcome to be recorded")
+    proc.until_true(function() return db.value(name, "SELECT count(*) FROM pg_stat_activity WHERE " ..
+      "datname = current_database() AND query LIKE 'LISTEN%'") == "1" end, 60, "the worker to LISTEN again")
+    local later = defer(name, "add", '{"a": 2, "b": 2}')
+    proc.until_true(function() return status_of(name, later) == "succeeded" end, 60, "a job after the restart")
+    w:signal("TERM")
+    assert.are.equal(0, w:wait())
+    assert.matches("LISTEN connection lost", w:output())
+  end)
+end)
+
+describe("several tarry worker processes on one queue", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("run each of 10,000 jobs exactly once", function()
+    db.psql(name, "CREATE TABLE effects (job_id bigint NOT NULL, worker text NOT NULL)")
+    local app = proc.app_file(name, [[
+app:task("count", function(args, ctx)
+  ctx.app.connector:execute("INSERT INTO effects VALUES ($1, $2)", ctx.job.id, ctx.worker_name)
+end)
+]])
+    db.psql(name, [[SELECT procrastinate_defer_jobs_v1(array_agg(
+      ROW('default', 'count', 0, NULL, NULL, jsonb_build_object('n', g), NULL)::procrastinate_job_to_defer_v1))
+      FROM generate_series(1, 10000) g]])
+    local workers = {}
+    for i = 1, 3 do
+      workers[i] = proc.start(string.format("worker --app %s --one-shot -c 8 --name w%d --log-level warning", app, i))
+    end
+    for i = 1, 3 do assert.are.equal(0, workers[i]:wait(300), workers[i]:output()) end
+    assert.are.equal("10000", db.value(name, "SELECT count(*) FROM effects"))
+    assert.are.equal("10000", db.value(name, "SELECT count(DISTINCT job_id) FROM effects"))
+    assert.are.equal("10000", db.value(name, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"))
+    assert.are.equal("3", db.value(name, "SELECT count(DISTINCT worker) FROM effects"))
+  end)
+end)
+
+describe("tarry worker with a malformed command line", function()
+  local function run(args)
+    local p = io.popen(proc.tarry .. " " .. args .. " 2>&1")
+    local out = p:read("a")
+    local _, _, code = p:close()
+    return code, out
+  end
+
+  it("exits 2 with one line on stderr", function()
+    for _, args in ipairs { "worker", "worker --app x.lua -c abc", "worker --app x.lua --bogus",
+      "worker --app x.lua --delete-jobs sometimes", "worker --app x.lua -c 0", "worker --app /nonexistent.lua" } do
+      local code, out = run(args)
+      assert.are.equal(2, code, args)
+      assert.are.equal(1, select(2, out:gsub("\n", "")), args .. ": " .. out)
+    end
+  end)
+end)
