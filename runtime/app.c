@@ -12,12 +12,16 @@
 static const char DEFER_SQL[] =
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY("
     "SELECT ROW(j->>'queue', j->>'task', (j->>'priority')::integer, j->>'lock', j->>'queueing_lock',"
-    " j->'args', to_timestamp((j->>'at')::double precision))::procrastinate_job_to_defer_v1"
+    " j->'args', CASE WHEN j->>'at' IS NOT NULL THEN"
+    " LEAST(to_timestamp((j->>'at')::double precision), '9999-12-31 23:59:59.999999+00') END)"
+    "::procrastinate_job_to_defer_v1"
     " FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(j, n) ORDER BY n))) AS id";
 
 #define MAX_NAME_CHARS 128
 #define MAX_QUEUE_BYTES 40                   /* "procrastinate_queue_v1#" + queue < 64 bytes */
-#define MAX_SCHEDULE 253402300799.999999     /* 9999-12-31 23:59:59.999999 UTC, as Procrastinate clamps */
+/* Later times are clamped to 9999-12-31 23:59:59.999999 UTC, as Procrastinate does: in SQL (LEAST)
+   because that instant has no exact double; here only so to_timestamp() stays in range. */
+#define MAX_SCHEDULE 253402300800.0
 
 static int app_check(lua_State *L, int idx)
 {

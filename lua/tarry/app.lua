@@ -42,9 +42,10 @@ function M.install(methods)
   function methods:task(name, opts, fn)
     if fn == nil and type(opts) == "function" then opts, fn = nil, opts end
     local def = Task.definition(name, opts, fn, 2)
-    local reg = registry(self)
+    local reg, seen = registry(self), {}
     for _, n in ipairs { name, table.unpack(def.aliases) } do
-      if lookup(reg, n) then error(string.format("app:task: a task named %q is already registered", n), 2) end
+      if lookup(reg, n) or seen[n] then error(string.format("app:task: a task named %q is already registered", n), 2) end
+      seen[n] = true
     end
     reg.tasks[name] = def
     for _, a in ipairs(def.aliases) do reg.aliases[a] = name end
@@ -54,7 +55,7 @@ function M.install(methods)
   --- app:configure_task(name, overrides) -> deferrer, also for tasks this app does not know.
   function methods:configure_task(name, overrides)
     local def = lookup(registry(self), name) or Task.unknown_definition(name, 2)
-    return Task.new_deferrer(self, def, overrides, 2)
+    return (Task.new_deferrer(self, def, overrides, 2))   -- not a tail call: level 2 is our caller
   end
 
   --- app:defer(name, args) -> id: defer by task name.

@@ -10,6 +10,9 @@ local USAGE = [[
 usage: tarry [--conninfo CONNINFO] COMMAND [OPTIONS]
 
 commands:
+  worker --app FILE [-q a,b] [-c N]  run jobs: --one-shot --name W --no-listen-notify
+        --delete-jobs never|successful|always --shutdown-graceful-timeout S
+        --fetch-job-polling-interval S --log-format human|json -v | --log-level L
   defer [--app FILE] TASK [JSON]   defer one job of TASK with JSON-object arguments
         --queue Q --lock L --queueing-lock QL --priority N
         --at ISO8601 | --in SECONDS  --ignore-already-enqueued  --unknown
@@ -29,7 +32,7 @@ local function usage_error(fmt, ...)
 end
 
 --- Parse argv[first..] against a spec {name = "value"|"flag"}; positional arguments in order.
-local function parse(argv, first, spec)
+local function parse(argv, first, spec, short)
   local opts, pos, i = {}, {}, first
   while i <= #argv do
     local a = argv[i]
@@ -52,6 +55,17 @@ local function parse(argv, first, spec)
         end
         opts[name] = value
       end
+    elseif short and short[a:sub(2, 2)] and #a >= 2 and a:sub(2, 2) ~= "-" then
+      local name = short[a:sub(2, 2)]                -- -c 10, -c10, -v
+      if spec[name] == "flag" then
+        if #a > 2 then usage_error("option %s takes no value", a:sub(1, 2)) end
+        opts[name] = true
+      else
+        local value = #a > 2 and a:sub(3) or argv[i + 1]
+        if #a == 2 then i = i + 1 end
+        if value == nil then usage_error("option %s needs a value", a) end
+        opts[name] = value
+      end
     elseif a:sub(1, 1) == "-" and #a > 1 and not tonumber(a) then
       usage_error("unknown option %s", a)
     else
@@ -70,6 +84,7 @@ local function parse(argv, first, spec)
   return opts, pos
 end
 M.parse = parse
+M.usage_error = usage_error
 
 local function connector(global)
   return tarry.PgConnector{ conninfo = global.conninfo }
@@ -84,6 +99,8 @@ local function load_app(path)
   end
   return app
 end
+
+M.load_app = load_app
 
 local function decode_args(text)
   local ok, value = pcall(tarry.json.decode, text)
@@ -131,7 +148,10 @@ local function cmd_defer(argv, first, global)
   local overrides = schedule(opts)
   overrides.queue, overrides.lock = opts.queue, opts.lock
   overrides.queueing_lock, overrides.priority = opts["queueing-lock"], integer_option(opts, "priority")
-  local ok, res = pcall(function() return app:configure_task(task_name, overrides):defer(args) end)
+  -- A bad option value (empty task name, 41-byte queue, priority out of range) is a wrong command line.
+  local valid, deferrer = pcall(app.configure_task, app, task_name, overrides)
+  if not valid then usage_error("%s", tostring(deferrer)) end
+  local ok, res = pcall(deferrer.defer, deferrer, args)
   if ok then
     print(string.format("deferred job %d: %s %s", res, task_name, tarry.json.encode(args)))
     return 0
@@ -184,19 +204,42 @@ local function cmd_run(argv, first)
   return 0
 end
 
-local COMMANDS = { defer = cmd_defer, schema = cmd_schema, healthchecks = cmd_healthchecks, run = cmd_run }
+local function cmd_worker(argv, first)
+  return require("tarry.cli_worker").run(M, argv, first)
+end
+
+local COMMANDS = { worker = cmd_worker, defer = cmd_defer, schema = cmd_schema, healthchecks = cmd_healthchecks, run = cmd_run }
+
+-- --conninfo may stand anywhere (before or after the command); take it out of argv.
+local function take_conninfo(argv)
+  local rest, conninfo, i = { [0] = argv[0] }, nil, 1
+  while i <= #argv do
+    local a = argv[i]
+    if a == "--" then
+      for j = i, #argv do rest[#rest + 1] = argv[j] end
+      break
+    elseif a == "--conninfo" then
+      conninfo = argv[i + 1]
+      if conninfo == nil then usage_error("--conninfo needs a value") end
+      i = i + 1
+    elseif a:match("^%-%-conninfo=") then
+      conninfo = a:match("^%-%-conninfo=(.*)$")
+    else
+      rest[#rest + 1] = a
+    end
+    i = i + 1
+  end
+  return rest, conninfo
+end
 
 local function dispatch(argv)
   local global, i = {}, 1
+  argv, global.conninfo = take_conninfo(argv)
   while argv[i] and argv[i]:sub(1, 1) == "-" do
     local a = argv[i]
     if a == "--help" or a == "-h" then io.write(USAGE); return 0 end
     if a == "--version" then print("tarry " .. tarry.version); return 0 end
-    local v = a:match("^%-%-conninfo=(.*)$")
-    if a == "--conninfo" then i = i + 1; v = argv[i]; if not v then usage_error("--conninfo needs a value") end end
-    if not v then usage_error("unknown option %s", a) end
-    global.conninfo = v
-    i = i + 1
+    usage_error("unknown option %s", a)
   end
   global.conninfo = global.conninfo or os.getenv("TARRY_CONNINFO")
   local name = argv[i]
@@ -216,8 +259,8 @@ function M.main(argv)
     io.stderr:write("tarry: ", res.message, "\n")
     return 2
   end
-  if tarry.is_error(res) then
-    io.stderr:write(tostring(res), "\n")
+  if tarry.is_error(res) then                -- one line, even for libpq's multi-line messages
+    io.stderr:write((tostring(res):gsub("%s*\n%s*", " ")), "\n")
     return 1
   end
   error(res, 0)

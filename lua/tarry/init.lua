@@ -34,6 +34,14 @@ local tarry = {
 
 app_methods.install(core.App_methods)
 
+--- app:run_worker{ queues=, concurrency=, wait=, ... }: run a worker (see tarry/worker.lua).
+function core.App_methods.run_worker(app, opts)
+  return require("tarry.worker").run(app, opts)
+end
+
+--- tarry.Event(): an auto-reset event between tarry coroutines (ev:set(), ev:wait(timeout)).
+tarry.Event = core.Event
+
 --- Create an app: `tarry.App{ connector = c }`.
 function tarry.App(opts)
   if type(opts) ~= "table" then

@@ -63,6 +63,77 @@ function Memory:reset()
   self.jobs, self.next_id = {}, 1
 end
 
+-- ---- the worker's job store (see tarry/pg_jobs.lua for the PostgreSQL one) ----
+
+local MemoryJobs = {}
+MemoryJobs.__index = MemoryJobs
+
+function Memory:job_store()
+  return setmetatable({ conn = self }, MemoryJobs)
+end
+
+function MemoryJobs:register()
+  self.conn.next_worker = (self.conn.next_worker or 0) + 1
+  return self.conn.next_worker
+end
+function MemoryJobs:unregister() end
+function MemoryJobs:heartbeat() end
+function MemoryJobs:listen() return nil end
+
+local function wanted(queues, q)
+  if queues == nil then return true end
+  for _, name in ipairs(queues) do if name == q then return true end end
+  return false
+end
+
+-- Ranked before j in (priority DESC, id ASC) order.
+local function before(a, b)
+  return a.priority > b.priority or (a.priority == b.priority and a.id < b.id)
+end
+
+-- The protocol's lock rule: a same-lock job that is doing, or todo and ranked earlier, blocks j.
+local function lock_free(jobs, j)
+  if j.lock == nil then return true end
+  for _, o in pairs(jobs) do
+    if o ~= j and o.lock == j.lock and (o.status == "doing" or (o.status == "todo" and before(o, j))) then
+      return false
+    end
+  end
+  return true
+end
+
+function MemoryJobs:fetch(queues, worker_id, n)
+  local jobs, now, taken = self.conn.jobs, core.now(), {}
+  for _ = 1, n do
+    local best
+    for _, j in pairs(jobs) do
+      if j.status == "todo" and wanted(queues, j.queue_name) and (j.scheduled_at == nil or j.scheduled_at <= now)
+          and (best == nil or before(j, best)) and lock_free(jobs, j) then
+        best = j
+      end
+    end
+    if not best then break end
+    best.status, best.worker_id = "doing", worker_id
+    taken[#taken + 1] = { id = best.id, task_name = best.task_name, queue = best.queue_name,
+      priority = best.priority, lock = best.lock, queueing_lock = best.queueing_lock,
+      args = best.args, attempts = best.attempts, scheduled_at = best.scheduled_at }
+  end
+  return taken
+end
+
+function MemoryJobs:finish(outcomes)
+  local jobs = self.conn.jobs
+  for _, o in ipairs(outcomes) do
+    local j = jobs[o.id]
+    if j then
+      j.attempts = j.attempts + (j.status == "doing" and 1 or 0)
+      if o.retry_at then j.status, j.scheduled_at = "todo", o.retry_at
+      elseif o.delete then jobs[o.id] = nil
+      else j.status = o.status end
+    end
+  end
+end
+
 function Memory:open() return self end
 function Memory:close() end
 function Memory:get_sync_connector() return self end

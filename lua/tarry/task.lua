@@ -47,14 +47,15 @@ local function scheduled_at(o, what, level)
   if o.schedule_in ~= nil and o.schedule_at ~= nil then
     error(what .. ": give schedule_in or schedule_at, not both", level + 1)
   end
+  local function finite(v) return type(v) == "number" and v == v and v > -math.huge and v < math.huge end
   if o.schedule_in ~= nil then
-    if type(o.schedule_in) ~= "number" or o.schedule_in ~= o.schedule_in then
-      error(what .. ": schedule_in must be a number of seconds", level + 1)
+    if not finite(o.schedule_in) then
+      error(what .. ": schedule_in must be a finite number of seconds", level + 1)
     end
     return core.now() + o.schedule_in
   end
-  if o.schedule_at ~= nil and type(o.schedule_at) ~= "number" then
-    error(what .. ": schedule_at must be a unix time (number of seconds)", level + 1)
+  if o.schedule_at ~= nil and not finite(o.schedule_at) then
+    error(what .. ": schedule_at must be a unix time (a finite number of seconds)", level + 1)
   end
   return o.schedule_at
 end
@@ -82,7 +83,7 @@ Task.new_deferrer = new_deferrer
 
 --- task:configure{ queue=, priority=, lock=, queueing_lock=, schedule_in=, schedule_at= } -> deferrer
 function Task:configure(overrides)
-  return new_deferrer(self.app, self.def, overrides, 2)
+  return (new_deferrer(self.app, self.def, overrides, 2))   -- not a tail call: level 2 is our caller
 end
 
 --- task:defer(args) -> job id. Raises an error object when the job was not deferred.

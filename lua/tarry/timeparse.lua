@@ -20,22 +20,28 @@ function M.iso8601(s)
   if rest ~= "" then
     h, mi, rest = rest:match("^[T ](%d%d):(%d%d)(.*)$")
     if not h then return nil, string.format("%q: bad time part", s) end
-    local s2, f2, r2 = rest:match("^:(%d%d)(%.?%d*)(.*)$")
-    if s2 then sec, frac, rest = s2, f2, r2 end
+    local s2, r2 = rest:match("^:(%d%d)(.*)$")
+    if s2 then
+      sec, rest = s2, r2
+      local f2, r3 = rest:match("^(%.%d+)(.*)$")
+      if f2 then frac, rest = f2, r3 end
+    end
     tz = rest
   end
   y, mo, d, h, mi, sec = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
-  if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or sec > 60 then
+  local month_days = { 31, (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+  if mo < 1 or mo > 12 or d < 1 or d > month_days[mo] or h > 23 or mi > 59 or sec > 60 then
     return nil, string.format("%q: field out of range", s)
   end
   local offset = 0
   if tz ~= "" and tz ~= "Z" and tz ~= "z" then
     local sign, oh, om = tz:match("^([+-])(%d%d):?(%d%d)$")
+    if not sign then sign, oh = tz:match("^([+-])(%d%d)$"); om = "00" end
     if not sign then return nil, string.format("%q: bad UTC offset %q", s, tz) end
     offset = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "+" and 1 or -1)
   end
   local t = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset
-  if frac ~= "" and frac ~= "." then t = t + tonumber("0" .. frac) end
+  if frac ~= "" then t = t + tonumber("0" .. frac) end
   return t
 end
 
