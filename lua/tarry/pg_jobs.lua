@@ -26,8 +26,20 @@ SELECT count(CASE WHEN t.retry_at IS NULL
     ELSE (SELECT 1 FROM procrastinate_retry_job_v2(t.id, to_timestamp(t.retry_at), NULL, NULL, NULL)) END) AS n
 FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::float8[]) WITH ORDINALITY AS t(id, status, del, retry_at, i)]]
 
+-- tarry's set-based batch functions (schema.sql), when the schema has them.
+local FAST_FETCH = [[
+SELECT id, task_name, queue_name AS queue, priority, lock, queueing_lock, args, attempts,
+       extract(epoch FROM scheduled_at)::float8 AS scheduled_at
+FROM tarry_fetch_jobs_v1($1::varchar[], $2::bigint, $3::integer)]]
+local FAST_FINISH = [[
+SELECT tarry_finish_jobs_v1($1::bigint[], $2::procrastinate_job_status[], $3::boolean[], $4::float8[]) AS n]]
+local HAS_FAST = [[
+SELECT to_regprocedure('tarry_fetch_jobs_v1(character varying[], bigint, integer)') IS NOT NULL
+   AND to_regprocedure('tarry_finish_jobs_v1(bigint[], procrastinate_job_status[], boolean[], double precision[])')
+       IS NOT NULL AS fast]]
+
 function PgJobs.new(connector)
-  return setmetatable({ connector = connector }, PgJobs)
+  return setmetatable({ connector = connector, fetch_sql = FETCH, finish_sql = FINISH }, PgJobs)
 end
 
 local function array_literal(list, fmt)
@@ -45,6 +57,9 @@ function PgJobs.queues_literal(queues)
 end
 
 function PgJobs:register(stalled_after)
+  if self.connector:execute(HAS_FAST)[1].fast then
+    self.fetch_sql, self.finish_sql, self.fast = FAST_FETCH, FAST_FINISH, true
+  end
   self.connector:execute("SELECT worker_id FROM procrastinate_prune_stalled_workers_v1($1)", stalled_after or 30)
   return self.connector:execute("SELECT worker_id FROM procrastinate_register_worker_v1()")[1].worker_id
 end
@@ -60,7 +75,7 @@ end
 --- Up to n jobs for this worker, in the protocol's order. queues: a list, or nil for all.
 function PgJobs:fetch(queues, worker_id, n)
   if queues ~= self.queues then self.queues, self.literal = queues, PgJobs.queues_literal(queues) end
-  return self.connector:execute(FETCH, self.literal, worker_id, n)
+  return self.connector:execute(self.fetch_sql, self.literal, worker_id, n)
 end
 
 --- outcomes: list of {id=, status=, delete=, retry_at=} in one statement.
@@ -70,7 +85,7 @@ function PgJobs:finish(outcomes)
   for i, o in ipairs(outcomes) do
     ids[i], statuses[i], dels[i], ats[i] = o.id, o.status or "failed", o.delete and "t" or "f", o.retry_at or false
   end
-  self.connector:execute(FINISH, array_literal(ids, tostring), array_literal(statuses, tostring),
+  self.connector:execute(self.finish_sql, array_literal(ids, tostring), array_literal(statuses, tostring),
     array_literal(dels, tostring), array_literal(ats, function(v) return fmt_num(v or nil) end))
 end
 

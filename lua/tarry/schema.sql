@@ -686,3 +686,107 @@ CREATE TRIGGER tarry_jobs_update_events
 CREATE TRIGGER tarry_jobs_unlink_periodic_defers
     BEFORE DELETE ON procrastinate_jobs
     FOR EACH ROW EXECUTE FUNCTION procrastinate_unlink_periodic_defers_v1();
+
+-- tarry's batch functions ---------------------------------------------------------------------------
+-- The worker's fast path (tarry/pg_jobs.lua uses them when they exist, and the procrastinate_*
+-- functions otherwise). Each is one set-based statement per step, so the triggers run once per
+-- batch instead of once per job; the rules are exactly those of the single-job functions.
+
+-- Up to max_jobs jobs, with procrastinate_fetch_job_v2's eligibility, order and lock rule. Only the
+-- first todo job of a lock (by priority DESC, id ASC) can be eligible, so a batch never holds two
+-- jobs of one lock; rows other workers have locked are skipped.
+CREATE FUNCTION tarry_fetch_jobs_v1(target_queue_names character varying[], p_worker_id bigint,
+                                    max_jobs integer)
+RETURNS SETOF procrastinate_jobs
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH candidate AS (
+        SELECT job.id
+        FROM procrastinate_jobs AS job
+        WHERE job.status = 'todo'
+          AND (target_queue_names IS NULL OR job.queue_name = ANY (target_queue_names))
+          AND (job.scheduled_at IS NULL OR job.scheduled_at <= now())
+          AND (job.lock IS NULL OR NOT EXISTS (
+                SELECT 1
+                FROM procrastinate_jobs AS other
+                WHERE other.lock = job.lock
+                  AND (other.status = 'doing'
+                       OR (other.status = 'todo'
+                           AND (other.priority > job.priority
+                                OR (other.priority = job.priority AND other.id < job.id))))
+              ))
+        ORDER BY job.priority DESC, job.id ASC
+        LIMIT max_jobs
+        FOR UPDATE OF job SKIP LOCKED
+    ), taken AS (
+        UPDATE procrastinate_jobs AS job
+        SET status = 'doing', worker_id = p_worker_id
+        FROM candidate
+        WHERE job.id = candidate.id
+        RETURNING job.*
+    )
+    SELECT * FROM taken ORDER BY taken.priority DESC, taken.id ASC;
+END;
+$$;
+
+-- The outcomes of many jobs: where retry_at_epochs[i] is NULL, procrastinate_finish_job_v1(id,
+-- end_statuses[i], delete_jobs[i]); else procrastinate_retry_job_v2(id, to_timestamp(retry_at),
+-- NULL, NULL, NULL). All or nothing: a job in the wrong state raises the single-job function's
+-- error for the first such id. Returns the number of jobs.
+CREATE FUNCTION tarry_finish_jobs_v1(job_ids bigint[], end_statuses procrastinate_job_status[],
+                                     delete_jobs boolean[], retry_at_epochs double precision[])
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    _bad record;
+BEGIN
+    SELECT o.id INTO _bad
+    FROM unnest(job_ids, end_statuses, retry_at_epochs) AS o(id, status, retry_at)
+    WHERE o.retry_at IS NULL AND (o.status IS NULL OR o.status NOT IN ('succeeded', 'failed', 'aborted'))
+    ORDER BY o.id LIMIT 1;
+    IF FOUND THEN
+        RAISE 'End status should be either "succeeded", "failed" or "aborted" (job id: %)', _bad.id;
+    END IF;
+
+    PERFORM 1 FROM procrastinate_jobs WHERE id = ANY (job_ids) ORDER BY id FOR UPDATE;
+    SELECT o.id, o.retry_at INTO _bad
+    FROM unnest(job_ids, retry_at_epochs) AS o(id, retry_at)
+    LEFT JOIN procrastinate_jobs AS job
+           ON job.id = o.id
+          AND job.status = ANY (CASE WHEN o.retry_at IS NULL THEN '{todo,doing}'::procrastinate_job_status[]
+                                     ELSE '{doing,failed}'::procrastinate_job_status[] END)
+    WHERE job.id IS NULL
+    ORDER BY o.id LIMIT 1;
+    IF FOUND AND _bad.retry_at IS NULL THEN
+        RAISE 'Job was not found or not in "doing" or "todo" status (job id: %)', _bad.id;
+    ELSIF FOUND THEN
+        RAISE 'Job was not found or has an invalid status to retry (job id: %)', _bad.id;
+    END IF;
+
+    DELETE FROM procrastinate_jobs AS job
+    USING unnest(job_ids, delete_jobs, retry_at_epochs) AS o(id, del, retry_at)
+    WHERE job.id = o.id AND o.retry_at IS NULL AND o.del;
+
+    UPDATE procrastinate_jobs AS job
+    SET status = o.status,
+        abort_requested = false,
+        attempts = CASE WHEN job.status = 'doing' THEN job.attempts + 1 ELSE job.attempts END
+    FROM unnest(job_ids, end_statuses, delete_jobs, retry_at_epochs) AS o(id, status, del, retry_at)
+    WHERE job.id = o.id AND o.retry_at IS NULL AND NOT coalesce(o.del, false);
+
+    UPDATE procrastinate_jobs AS job
+    SET status = CASE WHEN job.status = 'doing' AND job.abort_requested
+                      THEN 'failed'::procrastinate_job_status ELSE 'todo' END,
+        attempts = CASE WHEN job.status = 'doing' AND job.abort_requested
+                        THEN job.attempts ELSE job.attempts + 1 END,
+        scheduled_at = CASE WHEN job.status = 'doing' AND job.abort_requested
+                            THEN job.scheduled_at ELSE to_timestamp(o.retry_at) END
+    FROM unnest(job_ids, retry_at_epochs) AS o(id, retry_at)
+    WHERE job.id = o.id AND o.retry_at IS NOT NULL;
+
+    RETURN cardinality(job_ids);
+END;
+$$;

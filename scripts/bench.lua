@@ -1,0 +1,166 @@
+-- The benchmark itself; scripts/bench runs it inside a throwaway PostgreSQL with `tarry run`.
+local tarry = require "tarry"
+local schema = require "tarry.schema"
+
+local build = arg[1] or "build"
+local TARRY = build .. "/bin/tarry"
+local SINGLE = tonumber(os.getenv("BENCH_SINGLE") or "5000")
+local BATCH = 20000
+
+local admin = tarry.SyncPgConnector{ conninfo = "dbname=postgres" }
+
+local function fresh_db(name)
+  admin:execute("DROP DATABASE IF EXISTS " .. name .. " WITH (FORCE)")
+  admin:execute("CREATE DATABASE " .. name)
+  local c = tarry.SyncPgConnector{ conninfo = "dbname=" .. name }
+  schema.apply(c)
+  c:close()
+  return "dbname=" .. name
+end
+
+local function row(cols, widths)
+  local out = {}
+  for i, c in ipairs(cols) do out[i] = string.format("%-" .. widths[i] .. "s", tostring(c)) end
+  print("| " .. table.concat(out, " | ") .. " |")
+end
+
+local function table_print(title, header, rows)
+  local widths = {}
+  for i, h in ipairs(header) do widths[i] = #h end
+  for _, r in ipairs(rows) do for i, c in ipairs(r) do widths[i] = math.max(widths[i], #tostring(c)) end end
+  print("\n" .. title)
+  row(header, widths)
+  local dashes = {}
+  for i, w in ipairs(widths) do dashes[i] = string.rep("-", w) end
+  print("|-" .. table.concat(dashes, "-|-") .. "-|")
+  for _, r in ipairs(rows) do row(r, widths) end
+end
+
+local function rate(n, seconds) return string.format("%.0f", n / seconds) end
+
+-- ---- the PostgreSQL settings every number below was measured with ----
+do
+  local rows = {}
+  for _, s in ipairs { "server_version", "fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_connections" } do
+    rows[#rows + 1] = { s, admin:execute("SELECT current_setting($1) AS v", s)[1].v }
+  end
+  local cpu = io.open("/proc/cpuinfo"):read("a"):match("model name%s*:%s*([^\n]+)") or "?"
+  local nproc = io.popen("nproc"):read("l")
+  rows[#rows + 1] = { "machine", string.format("%s cores, %s", nproc, cpu) }
+  table_print("PostgreSQL settings (same for every run)", { "setting", "value" }, rows)
+end
+
+-- ---- defer ----
+local defer_rows = {}
+do
+  local conninfo = fresh_db("bench_defer")
+  local function measure(label, app, n, in_coroutine, parallel)
+    local t0 = tarry.now()
+    if in_coroutine then
+      local per = n // parallel
+      for _ = 1, parallel do
+        app:spawn(function() for i = 1, per do app.tasks.noop:defer{ i = i } end end)
+      end
+      app:run()
+    else
+      for i = 1, n do app.tasks.noop:defer{ i = i } end
+    end
+    local dt = tarry.now() - t0
+    defer_rows[#defer_rows + 1] = { label, n, string.format("%.2f", dt), rate(n, dt) }
+  end
+  local base = tarry.App{ connector = tarry.PgConnector{ conninfo = conninfo } }
+  base:task("noop", function() end)
+  measure("PgConnector, not opened (its sync connector)", base, SINGLE)
+  local sync = base:with_connector(tarry.SyncPgConnector{ conninfo = conninfo })
+  measure("SyncPgConnector", sync, SINGLE)
+  local async = base:with_connector(tarry.PgConnector{ conninfo = conninfo, max_size = 10 })
+  async:open()
+  measure("PgConnector, open, main thread (blocking)", async, SINGLE)
+  measure("PgConnector, open, 1 coroutine (async)", async, SINGLE, true, 1)
+  measure("PgConnector, open, 10 coroutines (async)", async, SINGLE, true, 10)
+  async:close()
+  local mem = base:with_connector(tarry.MemoryConnector())
+  measure("MemoryConnector", mem, SINGLE)
+  local args = {}
+  for i = 1, BATCH do args[i] = { i = i } end
+  local t0 = tarry.now()
+  local ids = sync.tasks.noop:batch_defer(args)
+  local dt = tarry.now() - t0
+  assert(#ids == BATCH)
+  defer_rows[#defer_rows + 1] = { "batch_defer of 20,000 (SyncPgConnector, 1 statement)", BATCH,
+    string.format("%.2f", dt), rate(BATCH, dt) }
+  sync.connector:close()
+  table_print("Deferring jobs (no-op task, args {i=n})", { "path", "jobs", "seconds", "jobs/s" }, defer_rows)
+end
+
+-- ---- worker throughput ----
+local APP = os.tmpname() .. ".lua"
+local function write_app(conninfo)
+  local f = assert(io.open(APP, "w"))
+  f:write(string.format([[
+local tarry = require "tarry"
+local app = tarry.App{ connector = tarry.PgConnector{ conninfo = %q } }
+app:task("noop", function() end)
+return app
+]], conninfo))
+  f:close()
+end
+
+local worker_rows = {}
+for _, c in ipairs { 1, 10 } do
+  local conninfo = fresh_db("bench_worker")
+  write_app(conninfo)
+  local app = tarry.App{ connector = tarry.SyncPgConnector{ conninfo = conninfo } }
+  app:task("noop", function() end)
+  local args = {}
+  for i = 1, BATCH do args[i] = {} end
+  app.tasks.noop:batch_defer(args)
+  local t0 = tarry.now()
+  assert(os.execute(string.format("%s worker --app %s --one-shot -c %d --log-level warning", TARRY, APP, c)))
+  local dt = tarry.now() - t0
+  local done = app.connector:execute("SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'succeeded'")[1].n
+  assert(done == BATCH, "not every job succeeded: " .. done)
+  worker_rows[#worker_rows + 1] = { c, BATCH, string.format("%.2f", dt), rate(BATCH, dt) }
+  app.connector:close()
+end
+table_print("Worker throughput: 20,000 pre-deferred no-op jobs, one `tarry worker --one-shot` process",
+  { "concurrency", "jobs", "seconds (process start to exit)", "jobs/s" }, worker_rows)
+
+-- ---- latency and idle RSS ----
+do
+  local conninfo = fresh_db("bench_latency")
+  write_app(conninfo)
+  local pidfile = os.tmpname()
+  os.execute(string.format("sh -c '%s worker --app %s --log-level warning --fetch-job-polling-interval 5 & echo $! > %s' ",
+    TARRY, APP, pidfile))
+  local pid = io.open(pidfile):read("l")
+  local app = tarry.App{ connector = tarry.SyncPgConnector{ conninfo = conninfo } }
+  app:task("noop", function() end)
+  repeat tarry.sleep(0.05) until app.connector:execute(
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()")[1].n > 0
+  tarry.sleep(0.5)
+  local rss = io.open("/proc/" .. pid .. "/status"):read("a"):match("VmRSS:%s*(%d+)")
+  local N = 200
+  for _ = 1, N do
+    app.tasks.noop:defer{}
+    tarry.sleep(0.02)
+  end
+  repeat tarry.sleep(0.05) until app.connector:execute(
+    "SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'succeeded'")[1].n == N
+  local q = app.connector:execute([[
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, max(ms) AS max
+    FROM (SELECT extract(epoch FROM s.at - d.at) * 1000 AS ms
+          FROM procrastinate_events d JOIN procrastinate_events s ON s.job_id = d.job_id
+          WHERE d.type = 'deferred' AND s.type = 'started') x]])[1]
+  os.execute("kill -TERM " .. pid)
+  app.connector:close()
+  table_print("Idle worker (LISTEN/NOTIFY on, polling every 5 s)", { "measure", "value" }, {
+    { "defer -> start latency p50 (200 jobs, 20 ms apart; event timestamps)", string.format("%.2f ms", q.p50) },
+    { "defer -> start latency p99", string.format("%.2f ms", q.p99) },
+    { "defer -> start latency max", string.format("%.2f ms", q.max) },
+    { "idle worker RSS", string.format("%.1f MiB", tonumber(rss) / 1024) },
+  })
+end
+os.remove(APP)
+admin:close()
