@@ -6,9 +6,9 @@ package.path = "spec/?.lua;" .. package.path
 -- inherit the preload: psql's GSSAPI set-up deadlocks under it.
 if os.getenv("LD_PRELOAD") then
   local popen, execute = io.popen, os.execute
-  io.popen = function(cmd, ...) return popen("env -u LD_PRELOAD " .. cmd, ...) end
+  io.popen = function(cmd, ...) return popen("unset LD_PRELOAD; " .. cmd, ...) end
   os.execute = function(cmd, ...)
     if cmd == nil then return execute() end
-    return execute("env -u LD_PRELOAD " .. cmd, ...)
+    return execute("unset LD_PRELOAD; " .. cmd, ...)
   end
 end

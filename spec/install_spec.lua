@@ -1,0 +1,91 @@
+-- The build's three ways in, as a user gets them: `cmake --install` into a prefix, the stock
+-- lua5.4 loading tarry from there, and a C host linking the static library with tarry.h.
+local db = require "support.db"
+
+local build = os.getenv("TARRY_BUILD_DIR") or "build"
+
+-- An instrumented libtarry.a needs the sanitizer runtimes at link time.
+local function sanitize_flags()
+  local f = io.open(build .. "/CMakeCache.txt")
+  local cache = f and f:read("a") or ""
+  if f then f:close() end
+  return cache:match("CMAKE_BUILD_TYPE:STRING=Sanitize") and "-fsanitize=address,undefined" or ""
+end
+
+local function run(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+describe("an installed tarry", function()
+  local prefix
+
+  setup(function()
+    prefix = os.tmpname()
+    os.remove(prefix)
+    local ok, out = run(string.format("cmake --install %s --prefix %s", build, prefix))
+    assert(ok, out)
+  end)
+
+  teardown(function() os.execute("rm -rf " .. prefix) end)
+
+  it("is found by the stock lua5.4 through the usual lua/5.4 directories", function()
+    local ok, out = run(string.format(
+      "LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua' LUA_CPATH='%s/lib/lua/5.4/?.so' " ..
+      "lua5.4 -e 'local t = require \"tarry\"; print(t.version, #require(\"tarry.schema\").sql() > 0)'",
+      prefix, prefix, prefix))
+    assert(ok, out)
+    assert.are.equal("0.1.0\ttrue\n", out)
+  end)
+
+  it("ships a core.so that does not link liblua (the interpreter already carries Lua)", function()
+    local ok, out = run("ldd " .. prefix .. "/lib/lua/5.4/tarry/core.so")
+    assert(ok, out)
+    assert.is_nil(out:match("liblua"))
+    assert.is_not_nil(out:match("libpq"))
+  end)
+
+  it("gives C hosts a static library and tarry.h: a host opens tarry in its own lua_State", function()
+    local name = db.fresh()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local f = assert(io.open(dir .. "/host.c", "w"))
+    f:write(string.format([[
+#include <stdio.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <tarry.h>
+
+int main(void)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    tarry_openlibs(L);
+    int rc = luaL_dostring(L,
+        "package.path = '%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua'\n"
+        "local tarry = require 'tarry'\n"
+        "local app = tarry.App{ connector = tarry.PgConnector{ conninfo = '%s' } }\n"
+        "local id = app:task('host.ping', function() end):defer{ from = 'C' }\n"
+        "print(math.type(id))");
+    if (rc != LUA_OK) fprintf(stderr, "%%s\n", lua_tostring(L, -1));
+    lua_close(L);
+    return rc;
+}
+]], prefix, prefix, db.conninfo(name)))
+    f:close()
+    local ok, out = run(string.format("gcc -Wall -Wextra -Werror %s -I%s/include $(pkg-config --cflags lua5.4) " ..
+      "-o %s/host %s/host.c %s/lib/libtarry.a $(pkg-config --libs lua5.4 libpq jansson) -lev -lm",
+      sanitize_flags(), prefix, dir, dir, prefix))
+    assert(ok, out)
+    ok, out = run(dir .. "/host")
+    assert(ok, out)
+    assert.are.equal("integer\n", out)
+    assert.are.equal("1", db.value(name, "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'host.ping'"))
+    os.execute("rm -rf " .. dir)
+    db.drop(name)
+  end)
+end)
