@@ -190,3 +190,23 @@ void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
     PQconninfoFree(opts);
     if (!used) snprintf(out, outlen, "(libpq defaults)");
 }
+
+int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min)
+{
+    int v = def;
+    if (lua_getfield(L, t, name) != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < min || lua_tointeger(L, -1) > 10000)
+            luaL_error(L, "option '%s' must be an integer from %d to 10000", name, min);
+        v = (int)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+const char *tarry_opt_conninfo(lua_State *L, int t)
+{
+    const char *conninfo = "";
+    if (lua_getfield(L, t, "conninfo") != LUA_TNIL) conninfo = luaL_checkstring(L, -1);
+    lua_pop(L, 1);   /* the string stays alive in the options table */
+    return conninfo;
+}

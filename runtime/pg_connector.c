@@ -441,33 +441,20 @@ int tarry_is_c_connector(lua_State *L, int idx)
     return luaL_testudata(L, idx, TARRY_PG_MT) || luaL_testudata(L, idx, TARRY_SYNC_MT);
 }
 
-static int opt_int(lua_State *L, const char *name, int def, int min)
-{
-    int v = def;
-    if (lua_getfield(L, 1, name) != LUA_TNIL) {
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < min || lua_tointeger(L, -1) > 10000)
-            luaL_error(L, "option '%s' must be an integer >= %d", name, min);
-        v = (int)lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
 /* tarry.PgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5 }  [-1, +1, e] */
 static int pgc_new(lua_State *L)
 {
     tarry_pgc *c;
-    const char *conninfo = "";
+    const char *conninfo;
     if (lua_isnoneornil(L, 1)) { lua_newtable(L); lua_replace(L, 1); }
     luaL_checktype(L, 1, LUA_TTABLE);
-    if (lua_getfield(L, 1, "conninfo") != LUA_TNIL) conninfo = luaL_checkstring(L, -1);
-    lua_pop(L, 1);
+    conninfo = tarry_opt_conninfo(L, 1);
     c = lua_newuserdatauv(L, sizeof *c, 2);
     memset(c, 0, sizeof *c);
     luaL_setmetatable(L, TARRY_PG_MT);
-    c->min_size = opt_int(L, "min_size", 1, 0);
-    c->max_size = opt_int(L, "max_size", 10, 1);
-    c->connect_timeout = opt_int(L, "connect_timeout", 5, 1);
+    c->min_size = tarry_opt_int(L, 1, "min_size", 1, 0);
+    c->max_size = tarry_opt_int(L, 1, "max_size", 10, 1);
+    c->connect_timeout = tarry_opt_int(L, 1, "connect_timeout", 5, 1);
     if (c->min_size > c->max_size) return luaL_error(L, "min_size is larger than max_size");
     c->conninfo = strdup(conninfo);
     if (!c->conninfo) return luaL_error(L, "out of memory");

@@ -66,18 +66,6 @@ int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q)
     return ok ? 1 : lua_error(L);
 }
 
-static int opt_int(lua_State *L, int t, const char *name, int def, int min)
-{
-    int v = def;
-    if (lua_getfield(L, t, name) != LUA_TNIL) {
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < min || lua_tointeger(L, -1) > 10000)
-            luaL_error(L, "option '%s' must be an integer >= %d", name, min);
-        v = (int)lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
 static int sync_gc(lua_State *L)
 {
     tarry_sync *s = tarry_sync_check(L, 1);
@@ -109,17 +97,10 @@ tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int
    conninfo is a libpq connection string or URI; when absent, libpq's PG* variables apply. */
 static int sync_new(lua_State *L)
 {
-    const char *conninfo = "";
-    if (!lua_isnoneornil(L, 1)) {
-        luaL_checktype(L, 1, LUA_TTABLE);
-        if (lua_getfield(L, 1, "conninfo") != LUA_TNIL) conninfo = luaL_checkstring(L, -1);
-        lua_pop(L, 1);
-    } else {
-        lua_newtable(L);
-        lua_replace(L, 1);
-    }
-    tarry_sync_new(L, conninfo, opt_int(L, 1, "min_size", 1, 0), opt_int(L, 1, "max_size", 10, 1),
-                   opt_int(L, 1, "connect_timeout", 5, 1));
+    if (lua_isnoneornil(L, 1)) { lua_newtable(L); lua_replace(L, 1); }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    tarry_sync_new(L, tarry_opt_conninfo(L, 1), tarry_opt_int(L, 1, "min_size", 1, 0),
+                   tarry_opt_int(L, 1, "max_size", 10, 1), tarry_opt_int(L, 1, "connect_timeout", 5, 1));
     return 1;
 }
 

@@ -85,6 +85,10 @@ void tarry_pg_describe(const char *conninfo, char *out, size_t outlen);
 /* Read query parameters from Lua values at [first, last] into params (strings kept on the stack).  */
 int tarry_pg_params(lua_State *L, int first, int last, const char **params);
 
+/* Connector options from the table at t: an integer in [min, 10000] (def when absent), the conninfo. */
+int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min);
+const char *tarry_opt_conninfo(lua_State *L, int t);
+
 /* ---- sync_connector.c ---- */
 typedef struct tarry_sync tarry_sync;
 tarry_sync *tarry_sync_check(lua_State *L, int idx);

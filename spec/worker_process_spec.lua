@@ -63,6 +63,30 @@ describe("tarry worker stopping on signals", function()
   end)
 end)
 
+describe("a killed tarry worker", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("leaves its running job findable as stalled once its registration is pruned", function()
+    local app = proc.app_file(name, TASKS)
+    local w = proc.start("worker --app " .. app)
+    local id = defer(name, "nap", '{"s": 600}')
+    proc.until_true(function() return status_of(name, id) == "doing" end, 30, "the job to start")
+    local worker_id = db.value(name, "SELECT worker_id FROM procrastinate_jobs WHERE id = " .. id)
+    assert.is_not_nil(worker_id)
+    w:signal("KILL")
+    w:wait()
+    -- Nothing unregistered it: its row stays, and no heartbeat will come any more.
+    assert.are.equal(worker_id, db.value(name, "SELECT id FROM procrastinate_workers"))
+    assert.are.equal(worker_id, db.value(name, "SELECT worker_id FROM procrastinate_prune_stalled_workers_v1(0)"))
+    -- Procrastinate's select_stalled_jobs_by_heartbeat now finds the job (worker_id NULL, doing).
+    assert.are.equal(tostring(id), db.value(name, [[
+      SELECT j.id FROM procrastinate_jobs j LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
+      WHERE j.status = 'doing' AND (j.worker_id IS NULL OR w.last_heartbeat < now() - interval '30 seconds')]]))
+  end)
+end)
+
 describe("tarry worker waking up", function()
   local name
   before_each(function() name = db.fresh() end)
