@@ -217,34 +217,10 @@ AS $$
 DECLARE
     found_job procrastinate_jobs;
 BEGIN
-    WITH candidate AS (
-        SELECT job.id
-        FROM procrastinate_jobs AS job
-        WHERE job.status = 'todo'
-          AND (target_queue_names IS NULL OR job.queue_name = ANY (target_queue_names))
-          AND (job.scheduled_at IS NULL OR job.scheduled_at <= now())
-          -- Lock blocking rule: a same-lock job that is doing, or todo and ranked before this
-          -- one (whatever its queue or schedule), blocks it.
-          AND (job.lock IS NULL OR NOT EXISTS (
-                SELECT 1
-                FROM procrastinate_jobs AS other
-                WHERE other.lock = job.lock
-                  AND (other.status = 'doing'
-                       OR (other.status = 'todo'
-                           AND (other.priority > job.priority
-                                OR (other.priority = job.priority AND other.id < job.id))))
-              ))
-        ORDER BY job.priority DESC, job.id ASC
-        LIMIT 1
-        FOR UPDATE OF job SKIP LOCKED
-    )
-    UPDATE procrastinate_jobs AS job
-    SET status = 'doing', worker_id = p_worker_id
-    FROM candidate
-    WHERE job.id = candidate.id
-    RETURNING job.* INTO found_job;
-
-    RETURN found_job;  -- an unassigned row variable: every field NULL
+    -- The rules live once, in tarry_fetch_jobs_v1 (below): eligibility, order, the lock rule,
+    -- SKIP LOCKED. One job here.
+    SELECT * INTO found_job FROM tarry_fetch_jobs_v1(target_queue_names, p_worker_id, 1);
+    RETURN found_job;  -- nothing found: an unassigned row variable, every field NULL
 END;
 $$;
 
@@ -733,37 +709,62 @@ $$;
 
 -- The outcomes of many jobs: where retry_at_epochs[i] is NULL, procrastinate_finish_job_v1(id,
 -- end_statuses[i], delete_jobs[i]); else procrastinate_retry_job_v2(id, to_timestamp(retry_at),
--- NULL, NULL, NULL). All or nothing: a job in the wrong state raises the single-job function's
--- error for the first such id. Returns the number of jobs.
+-- NULL, NULL, NULL); as if called element by element in array order, all or nothing.  Returns the
+-- number of elements.
+-- The set-based statements below are only equivalent to those calls when no call fails and no call
+-- depends on an earlier one.  Whenever that is not certain (a call would raise, the same job comes
+-- twice, a retry could hit a queueing-lock conflict whose outcome depends on the order), the
+-- function makes the single-job calls themselves, in array order: the result, or the error of the
+-- first failing element, is then theirs by construction, and the error rolls the whole batch back.
 CREATE FUNCTION tarry_finish_jobs_v1(job_ids bigint[], end_statuses procrastinate_job_status[],
                                      delete_jobs boolean[], retry_at_epochs double precision[])
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    _bad record;
+    _item record;
+    _count integer := 0;
 BEGIN
-    SELECT o.id INTO _bad
-    FROM unnest(job_ids, end_statuses, retry_at_epochs) AS o(id, status, retry_at)
-    WHERE o.retry_at IS NULL AND (o.status IS NULL OR o.status NOT IN ('succeeded', 'failed', 'aborted'))
-    ORDER BY o.id LIMIT 1;
-    IF FOUND THEN
-        RAISE 'End status should be either "succeeded", "failed" or "aborted" (job id: %)', _bad.id;
-    END IF;
-
+    -- Lock the rows in id order (concurrent batches cannot deadlock on each other), then check
+    -- them against what each single-job call requires.
     PERFORM 1 FROM procrastinate_jobs WHERE id = ANY (job_ids) ORDER BY id FOR UPDATE;
-    SELECT o.id, o.retry_at INTO _bad
-    FROM unnest(job_ids, retry_at_epochs) AS o(id, retry_at)
-    LEFT JOIN procrastinate_jobs AS job
-           ON job.id = o.id
-          AND job.status = ANY (CASE WHEN o.retry_at IS NULL THEN '{todo,doing}'::procrastinate_job_status[]
-                                     ELSE '{doing,failed}'::procrastinate_job_status[] END)
-    WHERE job.id IS NULL
-    ORDER BY o.id LIMIT 1;
-    IF FOUND AND _bad.retry_at IS NULL THEN
-        RAISE 'Job was not found or not in "doing" or "todo" status (job id: %)', _bad.id;
-    ELSIF FOUND THEN
-        RAISE 'Job was not found or has an invalid status to retry (job id: %)', _bad.id;
+
+    IF (SELECT count(*) <> count(DISTINCT o.id)  -- a NULL id, or the same job twice
+        FROM unnest(job_ids, end_statuses, delete_jobs, retry_at_epochs) AS o(id, status, del, retry_at))
+       OR EXISTS (
+        SELECT 1
+        FROM unnest(job_ids, end_statuses, retry_at_epochs) AS o(id, status, retry_at)
+        LEFT JOIN procrastinate_jobs AS job ON job.id = o.id
+        WHERE job.id IS NULL
+           -- finish: the end status, then the row must be todo or doing
+           OR (o.retry_at IS NULL
+               AND (o.status IS NULL OR o.status NOT IN ('succeeded', 'failed', 'aborted')
+                    OR job.status NOT IN ('todo', 'doing')))
+           -- retry: the row must be doing or failed, and a failed one with abort_requested
+           -- would break check_not_todo_abort_requested (23514)
+           OR (o.retry_at IS NOT NULL
+               AND (job.status NOT IN ('doing', 'failed') OR (job.status = 'failed' AND job.abort_requested)))
+           -- retry to todo of a job with a queueing lock that another todo job holds, or that
+           -- another job of the batch has: 23505 or not depends on the order of the calls
+           OR (o.retry_at IS NOT NULL AND job.queueing_lock IS NOT NULL AND NOT job.abort_requested
+               AND EXISTS (SELECT 1 FROM procrastinate_jobs AS other
+                           WHERE other.queueing_lock = job.queueing_lock AND other.id <> job.id
+                             AND (other.status = 'todo' OR other.id = ANY (job_ids))))
+    ) THEN
+        FOR _item IN
+            SELECT o.id, o.status, o.del, o.retry_at
+            FROM unnest(job_ids, end_statuses, delete_jobs, retry_at_epochs) WITH ORDINALITY
+                 AS o(id, status, del, retry_at, position)
+            ORDER BY o.position
+        LOOP
+            IF _item.retry_at IS NULL THEN
+                PERFORM procrastinate_finish_job_v1(_item.id, _item.status, _item.del);
+            ELSE
+                PERFORM procrastinate_retry_job_v2(_item.id, to_timestamp(_item.retry_at), NULL, NULL, NULL);
+            END IF;
+            _count := _count + 1;
+        END LOOP;
+        RETURN _count;
     END IF;
 
     DELETE FROM procrastinate_jobs AS job
@@ -787,6 +788,6 @@ BEGIN
     FROM unnest(job_ids, retry_at_epochs) AS o(id, retry_at)
     WHERE job.id = o.id AND o.retry_at IS NOT NULL;
 
-    RETURN cardinality(job_ids);
+    RETURN coalesce(cardinality(job_ids), 0);  -- a NULL array: no calls, 0
 END;
 $$;

@@ -15,31 +15,41 @@ local OPTIONS = { queues = true, concurrency = true, wait = true, name = true, l
   install_signal_handlers = true, log_format = true, log_level = true, log_stream = true,
   update_heartbeat_interval = true, stalled_worker_timeout = true }
 local DELETE = { never = true, successful = true, always = true }
+local LOG_LEVELS = { debug = true, info = true, warning = true, error = true }
+-- Misuse is blamed on run_worker's caller: these checks run in Worker.new, called by Worker.run,
+-- which app:run_worker tail-calls.
+local LEVEL = 4
 
 local function check_options(o)
   if o == nil then return {} end
-  if type(o) ~= "table" then error("run_worker: options must be a table", 3) end
+  if type(o) ~= "table" then error("run_worker: options must be a table", LEVEL) end
   for k in pairs(o) do
-    if not OPTIONS[k] then error("run_worker: unknown option '" .. tostring(k) .. "'", 3) end
+    if not OPTIONS[k] then error("run_worker: unknown option '" .. tostring(k) .. "'", LEVEL) end
   end
   if o.concurrency ~= nil and (math.type(o.concurrency) ~= "integer" or o.concurrency < 1) then
-    error("run_worker: concurrency must be an integer >= 1", 3)
+    error("run_worker: concurrency must be an integer >= 1", LEVEL)
   end
   if o.delete_jobs ~= nil and not DELETE[o.delete_jobs] then
-    error("run_worker: delete_jobs must be \"never\", \"successful\" or \"always\"", 3)
+    error("run_worker: delete_jobs must be \"never\", \"successful\" or \"always\"", LEVEL)
   end
   if o.queues ~= nil then
-    if type(o.queues) ~= "table" then error("run_worker: queues must be a list of queue names", 3) end
+    if type(o.queues) ~= "table" then error("run_worker: queues must be a list of queue names", LEVEL) end
     for _, q in ipairs(o.queues) do
       if type(q) ~= "string" or #q == 0 or #q > 40 then
-        error("run_worker: queue names must be strings of 1 to 40 bytes", 3)
+        error("run_worker: queue names must be strings of 1 to 40 bytes", LEVEL)
       end
     end
+  end
+  if o.log_level ~= nil and not LOG_LEVELS[o.log_level] then
+    error("run_worker: log_level must be \"debug\", \"info\", \"warning\" or \"error\"", LEVEL)
+  end
+  if o.log_format ~= nil and o.log_format ~= "human" and o.log_format ~= "json" then
+    error("run_worker: log_format must be \"human\" or \"json\"", LEVEL)
   end
   for _, k in ipairs { "fetch_job_polling_interval", "shutdown_graceful_timeout", "update_heartbeat_interval",
     "stalled_worker_timeout" } do
     if o[k] ~= nil and (type(o[k]) ~= "number" or o[k] < 0) then
-      error("run_worker: " .. k .. " must be a number of seconds >= 0", 3)
+      error("run_worker: " .. k .. " must be a number of seconds >= 0", LEVEL)
     end
   end
   return o
@@ -49,7 +59,7 @@ local function job_store(connector)
   if tostring(connector):match("^<tarry%.PgConnector") then return PgJobs.new(connector) end
   if type(connector) == "table" and connector.job_store then return connector:job_store() end
   error("run_worker needs the async tarry.PgConnector (or a tarry.MemoryConnector for tests); " ..
-    "this app's connector is " .. tostring(connector), 3)
+    "this app's connector is " .. tostring(connector), LEVEL)
 end
 
 function Worker.new(app, opts)
@@ -127,17 +137,22 @@ function Worker:run_job(job)
     level, event = "error", "task_not_found"
     what = string.format("failed: task %q is not registered in this app (not retried)", job.task_name)
   else
-    self.log:info("job_started", describe(job) .. " started", { job_id = job.id, task = job.task_name,
-      queue = job.queue, attempts = job.attempts })
+    if self.log:enabled("info") then
+      self.log:info("job_started", describe(job) .. " started", { job_id = job.id, task = job.task_name,
+        queue = job.queue, attempts = job.attempts })
+    end
     local ctx = setmetatable({ job = job, app = self.app, worker_name = self.name,
       worker_id = self.worker_id }, Context)
     local ok, failure = xpcall(def.fn, on_error, job.args, ctx)
     o, level, event, what = self:outcome(job, ok, failure, def)
     if not ok then o.traceback = failure.traceback end
   end
-  self.log:write(level, event, string.format("%s %s (%.1f ms)", describe(job), what, (core.now() - t0) * 1000),
-    { job_id = job.id, task = job.task_name, queue = job.queue, attempts = job.attempts,
-      duration_ms = (core.now() - t0) * 1000, traceback = o.traceback })
+  if self.log:enabled(level) then
+    local ms = (core.now() - t0) * 1000
+    self.log:write(level, event, string.format("%s %s (%.1f ms)", describe(job), what, ms),
+      { job_id = job.id, task = job.task_name, queue = job.queue, attempts = job.attempts,
+        duration_ms = ms, traceback = o.traceback })
+  end
   o.traceback = nil
   self:job_done(job, o)
 end
