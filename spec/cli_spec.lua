@@ -63,11 +63,11 @@ end
 
 describe("tarry --help, help and version", function()
   it("print the usage on stdout and exit 0", function()
-    for _, argv in ipairs { { "--help" }, { "-h" }, { "help" } } do
+    for _, argv in ipairs { { "--help" }, { "-h" }, { "help" }, { "worker", "--help" }, { "defer", "-h" } } do
       local r = run(argv)
       assert.are.equal(0, r.code)
       assert.matches("^usage: tarry %[%-%-conninfo CONNINFO%] COMMAND", r.out)
-      for _, command in ipairs { "defer", "schema", "healthchecks", "run", "version" } do
+      for _, command in ipairs { "worker", "defer", "schema", "healthchecks", "run", "version" } do
         assert.matches("\n  " .. command .. " ", r.out)
       end
       assert.are.equal("", r.err)

@@ -242,6 +242,10 @@ local function dispatch(argv)
     usage_error("unknown option %s", a)
   end
   global.conninfo = global.conninfo or os.getenv("TARRY_CONNINFO")
+  for j = i + 1, #argv do                  -- `tarry worker --help` and the like
+    if argv[j] == "--" then break end
+    if argv[j] == "--help" or argv[j] == "-h" then io.write(USAGE); return 0 end
+  end
   local name = argv[i]
   if name == nil then io.stderr:write(USAGE); return 2 end
   if name == "help" then io.write(USAGE); return 0 end
