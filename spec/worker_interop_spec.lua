@@ -7,16 +7,7 @@ local W = require "support.worker"
 
 local PROCRASTINATE_TRIGGERS = "spec/fixtures/procrastinate_triggers.sql"
 
---- Each test of the describe gets its own database and an app on it: t.name, t.app.
-local function with_database(opts)
-  local t = {}
-  before_each(function()
-    local fresh = W.fresh(opts)
-    t.name, t.app = fresh.name, fresh.app
-  end)
-  after_each(function() W.cleanup(t) end)
-  return t
-end
+local function with_database(opts) return W.with_database(before_each, after_each, opts) end
 
 --- Defer a job with the statement Procrastinate's defer issues.
 local function procrastinate_defer(name, queue, task, args_json, lock, queueing_lock)

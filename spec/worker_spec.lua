@@ -6,16 +6,7 @@ local tarry = require "tarry"
 local db = require "support.db"
 local W = require "support.worker"
 
---- Each test of the describe gets its own database and an app on it: t.name, t.app.
-local function with_database(opts)
-  local t = {}
-  before_each(function()
-    local fresh = W.fresh(opts)
-    t.name, t.app = fresh.name, fresh.app
-  end)
-  after_each(function() W.cleanup(t) end)
-  return t
-end
+local function with_database(opts) return W.with_database(before_each, after_each, opts) end
 
 describe("a worker running jobs", function()
   local t = with_database()

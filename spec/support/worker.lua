@@ -68,4 +68,16 @@ function W.json_lines(stream)
   return out
 end
 
+--- In a describe: each of its tests gets its own database and an app on it (t.name, t.app).
+--- busted's before_each/after_each are passed in: a required module does not see the spec's environment.
+function W.with_database(before_each, after_each, opts)
+  local t = {}
+  before_each(function()
+    local fresh = W.fresh(opts)
+    t.name, t.app = fresh.name, fresh.app
+  end)
+  after_each(function() W.cleanup(t) end)
+  return t
+end
+
 return W
