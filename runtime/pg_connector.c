@@ -50,6 +50,7 @@ struct apool {
     aconn *conns;
     int nconns, nconnecting;
     areq *qhead, *qtail;
+    int nqueued;
     int in_callback, closed;     /* freed once closed and out of callbacks */
 };
 
@@ -127,12 +128,13 @@ static void queue_push(apool *p, areq *r)
     r->next = NULL;
     if (p->qtail) p->qtail->next = r; else p->qhead = r;
     p->qtail = r;
+    p->nqueued++;
 }
 
 static areq *queue_pop(apool *p)
 {
     areq *r = p->qhead;
-    if (r) { p->qhead = r->next; if (!p->qhead) p->qtail = NULL; r->next = NULL; }
+    if (r) { p->qhead = r->next; if (!p->qhead) p->qtail = NULL; r->next = NULL; p->nqueued--; }
     return r;
 }
 
@@ -143,6 +145,7 @@ static void queue_remove(apool *p, areq *r)
         if (it != r) continue;
         if (prev) prev->next = r->next; else p->qhead = r->next;
         if (p->qtail == r) p->qtail = prev;
+        p->nqueued--;
         return;
     }
 }
@@ -331,12 +334,10 @@ static aconn *idle_conn(apool *p)
 /* Give queued requests to idle connections; open more (up to max_size) for the rest. */
 static void dispatch(apool *p)
 {
-    int waiting = 0;
     aconn *c;
     if (p->closed) return;
     while (p->qhead && (c = idle_conn(p))) conn_send(c, queue_pop(p));
-    for (areq *r = p->qhead; r; r = r->next) waiting++;
-    while (waiting > p->nconnecting && p->nconns < p->max_size) {
+    while (p->nqueued > p->nconnecting && p->nconns < p->max_size) {
         int before = p->nconns;
         conn_start(p);
         if (p->nconns == before) break;

@@ -25,8 +25,6 @@ int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, siz
 
 /* ---- core.c ---- */
 int tarry_open_core(lua_State *L);
-/* Store/fetch a Lua table of methods shared between files, by type name.  [-0, +1, -] */
-void tarry_newclass(lua_State *L, const char *tname, const luaL_Reg *methods);
 
 /* ---- runtime.c: the per-state runtime: one private libev loop and the coroutine scheduler ---- */
 typedef struct tarry_co tarry_co;

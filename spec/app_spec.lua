@@ -6,12 +6,7 @@ local function new_app()
   return tarry.App{ connector = tarry.MemoryConnector() }
 end
 
---- The message of the error f raises (f must raise).
-local function error_of(f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error")
-  return err
-end
+local error_of = require("support.expect").error_of
 
 -- Errors from misuse name the line of the caller, here this file.
 local HERE = "app_spec%.lua:%d+: "

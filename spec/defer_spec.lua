@@ -28,11 +28,7 @@ local function args_back(app, id)
   return app.connector:execute("SELECT args FROM procrastinate_jobs WHERE id = $1", id)[1].args
 end
 
-local function error_of(f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error")
-  return err
-end
+local error_of = require("support.expect").error_of
 
 --- A describe's own database, dropped after each test, and an app deferring into it.
 local function with_database(opts)

@@ -9,11 +9,7 @@ local function new_app()
   return app:with_connector(memory), memory
 end
 
-local function error_of(f, ...)
-  local ok, err = pcall(f, ...)
-  assert(not ok, "expected an error")
-  return err
-end
+local error_of = require("support.expect").error_of
 
 describe("MemoryConnector deferring", function()
   it("gives ids from 1 and keeps each job with its options and decoded arguments", function()

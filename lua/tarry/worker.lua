@@ -85,7 +85,6 @@ function Worker.new(app, opts)
     in_flight = 0,        -- outcomes the flusher is recording right now
     recorded = 0,         -- batches of outcomes recorded so far (a one-shot worker's exit test)
     wake = core.Event(),  -- the fetch loop: a slot freed, a job announced, a stop
-    flushed = core.Event(),
     to_flush = core.Event(),
     stopping = false,
     forced = false,
@@ -181,7 +180,6 @@ function Worker:flusher()
   local backoff = 0.05
   while true do
     if #self.pending == 0 then
-      self.flushed:set()
       if self.stopping and self.running == 0 then return end
       self.to_flush:wait()
     else
