@@ -121,6 +121,7 @@ static tarry_rt *rt_create(lua_State *L)
     rt->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
     if (!rt->loop) { free(rt); luaL_error(L, "tarry: cannot create an event loop"); }
     ev_idle_init(&rt->ready, ready_cb);
+    ev_set_priority(&rt->ready, EV_MAXPRI);   /* runs every iteration, however busy the loop */
     rt->ready.data = rt;
     *p = rt;
     lua_newtable(L);
@@ -195,15 +196,16 @@ int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cance
     return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), park_k);
 }
 
-/* Resume now from a loop callback; from anywhere else (a coroutine, the main thread outside
-   the loop) the ready queue resumes it, so coroutines never nest inside each other. */
+/* Always through the ready queue, never resumed here: the waker is usually a libev or libpq
+   callback in the middle of its own bookkeeping (a pool handing out a result), and the woken
+   coroutine may do anything next (query again, close the connector) that frees what that
+   callback still uses. The ready queue runs on the next loop iteration, outside every callback,
+   and coroutines never nest inside each other. */
 void tarry_rt_wake(tarry_co *h, int nvalues)
 {
-    tarry_rt *rt = h->rt;
     h->nargs = nvalues;
     h->cancel = NULL;
-    if (rt->driving && !rt->current) co_resume(h);
-    else ready_push(h);
+    ready_push(h);
 }
 
 /* ---- finishing ---- */
