@@ -17,13 +17,17 @@ describe("PgConnector when the server closes a connection under a waiting corout
     return app, connector
   end
 
-  -- While the loop is held (a blocking call in another coroutine), the victim's result arrives
-  -- and then its backend is terminated: the loop reads the result and the end of the stream in
-  -- one go, so the query completes on a connection that is already dead.
-  local function result_then_close(app, pid)
+  -- While the loop is held (blocking calls in another coroutine), the victim's query completes on
+  -- the server (its backend is idle again) and then its backend is terminated: the loop reads the
+  -- result and the end of the stream in one go, so the query completes on a dead connection.
+  local function result_then_close(app, pid, sql)
     return app:spawn(function()
-      os.execute("sleep 0.2")
+      local state_sql = "SELECT state FROM pg_stat_activity WHERE pid = " .. pid .. " AND query = '" .. sql .. "'"
+      local deadline = os.time() + 20
+      repeat os.execute("sleep 0.05") until db.value(name, state_sql) == "idle" or os.time() > deadline
       db.psql(name, "SELECT pg_terminate_backend(" .. pid .. ")")
+      local gone_sql = "SELECT count(*) FROM pg_stat_activity WHERE pid = " .. pid
+      repeat os.execute("sleep 0.05") until db.value(name, gone_sql) == "0" or os.time() > deadline
     end)
   end
 
@@ -35,7 +39,7 @@ describe("PgConnector when the server closes a connection under a waiting corout
       local app, connector = open_app(1)
       local h = app:spawn(function()
         local pid = connector:execute("SELECT pg_backend_pid() AS pid")[1].pid
-        local holder = result_then_close(app, pid)
+        local holder = result_then_close(app, pid, "SELECT 1 AS v")
         local first = connector:execute("SELECT 1 AS v")[1].v
         local after = case[2](connector)
         holder:result()
@@ -73,7 +77,7 @@ describe("PgConnector when the server closes a connection under a waiting corout
     local results = {}
     local victim = app:spawn(function()
       local pid = connector:execute("SELECT pg_backend_pid() AS pid")[1].pid
-      result_then_close(app, pid)
+      result_then_close(app, pid, "SELECT 0 AS v")
       results[#results + 1] = connector:execute("SELECT 0 AS v")[1].v
       for i = 1, 5 do results[#results + 1] = connector:execute("SELECT $1::int AS v", i)[1].v end
     end)
