@@ -544,10 +544,14 @@ static int pgc_gc(lua_State *L)
     return 0;
 }
 
+/* c:get_sync_connector() -> what synchronous code should use: once the connector is open, the
+   connector itself (its blocking calls borrow an idle pooled connection, so no second pool
+   opens); before that, or after close(), its SyncPgConnector counterpart, made once.  [-1, +1, e] */
 static int pgc_get_sync(lua_State *L)
 {
-    pgc_check(L, 1);
-    push_sync(L, 1);
+    tarry_pgc *c = pgc_check(L, 1);
+    lua_settop(L, 1);
+    if (!c->pool) push_sync(L, 1);
     return 1;
 }
 
@@ -585,10 +589,14 @@ static int pgc_tostring(lua_State *L)
 {
     tarry_pgc *c = pgc_check(L, 1);
     char desc[256];
+    int nopen, nmax;
     tarry_pg_describe(c->conninfo ? c->conninfo : "", desc, sizeof desc);
     if (c->pool) lua_pushfstring(L, "<tarry.PgConnector %s, open, %d/%d connections>", desc,
                                  c->pool->nconns, c->max_size);
-    else lua_pushfstring(L, "<tarry.PgConnector %s, closed>", desc);
+    else if (lua_getiuservalue(L, 1, 2) == LUA_TUSERDATA) {
+        tarry_sync_counts(tarry_sync_check(L, -1), &nopen, &nmax);
+        lua_pushfstring(L, "<tarry.PgConnector %s, not open; blocking calls: %d/%d connections>", desc, nopen, nmax);
+    } else lua_pushfstring(L, "<tarry.PgConnector %s, not open>", desc);
     return 1;
 }
 

@@ -21,6 +21,12 @@ struct tarry_sync {
 tarry_sync *tarry_sync_test(lua_State *L, int idx) { return luaL_testudata(L, idx, TARRY_SYNC_MT); }
 tarry_sync *tarry_sync_check(lua_State *L, int idx) { return luaL_checkudata(L, idx, TARRY_SYNC_MT); }
 
+void tarry_sync_counts(tarry_sync *s, int *nopen, int *max_size)
+{
+    *nopen = s->nopen;
+    *max_size = s->max_size;
+}
+
 static void sync_close_all(tarry_sync *s)
 {
     while (s->nidle > 0) { PQfinish(s->idle[--s->nidle]); s->nopen--; }

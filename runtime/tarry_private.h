@@ -111,6 +111,8 @@ tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int
                            double query_timeout);
 /* Run q on a pooled blocking connection; pushes the result, or raises the error object.  [-0, +1, e] */
 int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q);
+/* The connections it holds now (idle and in use), and its max_size. */
+void tarry_sync_counts(tarry_sync *s, int *nopen, int *max_size);
 void tarry_sync_open(lua_State *L);
 
 /* ---- pg_connector.c ---- */
