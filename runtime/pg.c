@@ -90,19 +90,23 @@ int tarry_pg_result_ok(const PGresult *res)
     return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY;
 }
 
-/* Push one field converted by its type: bool, integers, floats, json/jsonb, else text. */
+/* Push one field converted by its type: bool, integers, floats, json/jsonb, else text. A json
+   value Lua cannot hold (an integer beyond 64 bits, ...) becomes an undecodable_json error object
+   naming the place ("args.n: integer does not fit in 64 bits"): one such row fails neither the
+   whole result nor, in the worker, the other jobs of its fetch. */
 static void push_value(lua_State *L, const PGresult *res, int row, int col)
 {
     const char *v = PQgetvalue(res, row, col);
     int len = PQgetlength(res, row, col);
-    char err[128];
+    char err[512];
     switch (PQftype(res, col)) {
     case 16: lua_pushboolean(L, v[0] == 't'); break;                       /* bool */
     case 20: case 21: case 23: case 26:                                    /* int8/2/4, oid */
         lua_pushinteger(L, (lua_Integer)strtoll(v, NULL, 10)); break;
     case 700: case 701: lua_pushnumber(L, strtod(v, NULL)); break;         /* float4/8 */
     case 114: case 3802:                                                   /* json, jsonb */
-        if (!tarry_json_decode(L, v, (size_t)len, err, sizeof err)) lua_pushlstring(L, v, (size_t)len);
+        if (!tarry_json_decode_as(L, v, (size_t)len, PQfname(res, col), err, sizeof err))
+            tarry_push_error(L, "undecodable_json", "%s", err);
         break;
     default: lua_pushlstring(L, v, (size_t)len);
     }

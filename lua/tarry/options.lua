@@ -22,8 +22,19 @@ function M.check_known(opts, known, what, level)
   return opts
 end
 
+-- A name PostgreSQL could not store (nor a NOTIFY channel carry) fails here, naming the field.
+local function check_text(s, field, what, level)
+  local nul = s:find("\0", 1, true)
+  if nul then fail(level + 1, "%s: %s must not contain a NUL byte (byte %d)", what, field, nul) end
+  local valid, bad = utf8.len(s)
+  if not valid then
+    fail(level + 1, "%s: %s must be valid UTF-8 (invalid byte at position %d)", what, field, bad)
+  end
+end
+
 function M.check_name(name, what, level)
-  if type(name) ~= "string" or #name == 0 or (utf8.len(name) or MAX_NAME + 1) > MAX_NAME then
+  if type(name) == "string" then check_text(name, "task name", what, level + 1) end
+  if type(name) ~= "string" or #name == 0 or utf8.len(name) > MAX_NAME then
     fail(level + 1, "%s: task name must be a string of 1 to %d characters, got %s", what, MAX_NAME,
       type(name) == "string" and string.format("%q", name) or type(name))
   end
@@ -31,6 +42,7 @@ end
 
 function M.check_queue(queue, what, level)
   if queue == nil then return end
+  if type(queue) == "string" then check_text(queue, "queue", what, level + 1) end
   if type(queue) ~= "string" or #queue == 0 or #queue > MAX_QUEUE_BYTES then
     fail(level + 1, "%s: queue must be a string of 1 to %d bytes (it names a NOTIFY channel), got %s",
       what, MAX_QUEUE_BYTES, type(queue) == "string" and string.format("%q", queue) or type(queue))

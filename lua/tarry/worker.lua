@@ -171,6 +171,10 @@ function Worker:run_job(job)
     o = { id = job.id, status = "failed", delete = self.delete_jobs == "always" }
     level, event = "error", "task_not_found"
     what = string.format("failed: task %q is not registered in this app (not retried)", job.task_name)
+  elseif core.is_error(job.args) then  -- a row another client wrote that Lua cannot hold
+    o = { id = job.id, status = "failed", delete = self.delete_jobs == "always" }
+    level, event = "error", "undecodable_args"
+    what = "failed: cannot decode its arguments: " .. job.args.message .. " (not retried)"
   else
     if self.log:enabled("info") then
       self.log:info("job_started", describe(job) .. " started", { job_id = job.id, task = job.task_name,
