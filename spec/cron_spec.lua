@@ -99,6 +99,8 @@ describe("cron.parse of a malformed expression", function()
     { "* * * 13 *", 'cron: field 4 (month), character 7 of "* * * 13 *": 13 is out of range (1-12)' },
     { "* * * * 8", 'cron: field 5 (day of week), character 9 of "* * * * 8": 8 is out of range (0-7)' },
     { "* * * * * 60", 'cron: field 6 (second), character 11 of "* * * * * 60": 60 is out of range (0-59)' },
+    { "99999999999999999999 * * * *", 'cron: field 1 (minute), character 1 of "99999999999999999999 * * * *": '
+      .. '99999999999999999999 is out of range (0-59)' },
     { "1,,2 * * * *", 'cron: field 1 (minute), character 3 of "1,,2 * * * *": an empty list item' },
     { "1, * * * *", 'cron: field 1 (minute), character 3 of "1, * * * *": an empty list item' },
     { "5-1 * * * *", 'cron: field 1 (minute), character 1 of "5-1 * * * *": the range 5-1 goes backwards' },

@@ -42,13 +42,13 @@ local MONTH_DAYS = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }   -- at mo
 -- ---- parsing ----
 
 -- A parse error, raised as a table that M.parse turns into a message at its caller's level:
--- `cron: field 3 (day of month), character 7 of "0 0 32 * *": 32 is out of range (1-31)`.
+-- `cron: field 3 (day of month), character 5 of "0 0 32 * *": 32 is out of range (1-31)`.
 local function fail(ctx, index, column, fmt, ...)
   error({ cron_error = string.format("cron: field %d (%s), character %d of %q: ", index, FIELDS[index].name,
     column, ctx.expr) .. string.format(fmt, ...) }, 0)
 end
 
-local function whole(ctx, fmt, ...)
+local function whole(fmt, ...)
   error({ cron_error = "cron: " .. string.format(fmt, ...) }, 0)
 end
 
@@ -65,7 +65,7 @@ local function value(ctx, index, text, column)
     local names = f.names and (index == MONTH and " or a name (jan..dec)" or " or a name (sun..sat)") or ""
     fail(ctx, index, column, "expected a number%s, got %q", names, text)
   end
-  if n < f.min or n > f.max then fail(ctx, index, column, "%d is out of range (%d-%d)", n, f.min, f.max) end
+  if n < f.min or n > f.max then fail(ctx, index, column, "%s is out of range (%d-%d)", text, f.min, f.max) end
   return n
 end
 
@@ -138,13 +138,13 @@ local function build(expr)
   local text = expr
   local trimmed = expr:match("^%s*(.-)%s*$")
   if trimmed:sub(1, 1) == "@" then
-    text = SHORTHANDS[trimmed:lower()] or whole(ctx, "unknown shorthand %q (known: @yearly, @annually, "
+    text = SHORTHANDS[trimmed:lower()] or whole("unknown shorthand %q (known: @yearly, @annually, "
       .. "@monthly, @weekly, @daily, @midnight, @hourly)", trimmed)
   end
   local parts = {}
   for column, word in text:gmatch("()(%S+)") do parts[#parts + 1] = { text = word, column = column } end
   if #parts ~= 5 and #parts ~= 6 then
-    whole(ctx, "expected 5 fields (minute hour day-of-month month day-of-week) or 6 (then the second, last), "
+    whole("expected 5 fields (minute hour day-of-month month day-of-week) or 6 (then the second, last), "
       .. "got %d in %q", #parts, expr)
   end
   local sets = {}
