@@ -2,12 +2,13 @@
 -- bound to one app, whose connector its defers go through.
 local core = require "tarry.core"
 local options = require "tarry.options"
+local cron = require "tarry.cron"
 
 local Task = { __name = "tarry.Task" }
 local Deferrer = { __name = "tarry.JobDeferrer" }
 
 local TASK_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
-  retry = true, aliases = true }
+  retry = true, aliases = true, cron = true }
 local DEFER_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
   schedule_in = true, schedule_at = true }
 
@@ -26,10 +27,11 @@ function Task.definition(name, opts, fn, level)
   local aliases = opts.aliases or {}
   if type(aliases) ~= "table" then error(what .. ": aliases must be a list of names", level + 1) end
   for _, a in ipairs(aliases) do options.check_name(a, what .. " alias", level + 1) end
+  if opts.cron ~= nil then cron.parse(opts.cron, level + 1) end     -- a bad schedule raises here
   return {
     name = name, fn = fn, queue = opts.queue or "default", priority = opts.priority or 0,
     lock = opts.lock, queueing_lock = opts.queueing_lock, aliases = aliases,
-    retry = options.check_retry(opts.retry, what, level + 1),
+    retry = options.check_retry(opts.retry, what, level + 1), cron = opts.cron,
   }
 end
 
