@@ -28,6 +28,7 @@ struct tarry_rt {
     tarry_co *current;      /* the tarry coroutine being resumed, if any */
     ev_idle ready;          /* runs the ready queue without blocking the loop */
     tarry_co *ready_head, *ready_tail;
+    int nready;
 };
 
 /* The handle userdata. User values: 1 the thread, 2 the outcome table, 3 the joiners. */
@@ -61,7 +62,10 @@ static void push_registry_table(lua_State *L, const void *key)
     lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
 
-/* ---- the ready queue ---- */
+/* ---- the ready queue ----
+ * Coroutines to resume on the next loop iteration, in order. A coroutine leaves it when it is
+ * resumed or when it finishes otherwise (cancelled): the queue never holds a finished handle,
+ * which nothing else may keep alive. */
 
 static void ready_push(tarry_co *h)
 {
@@ -71,23 +75,39 @@ static void ready_push(tarry_co *h)
     h->next_ready = NULL;
     if (rt->ready_tail) rt->ready_tail->next_ready = h; else rt->ready_head = h;
     rt->ready_tail = h;
+    rt->nready++;
     ev_idle_start(rt->loop, &rt->ready);
 }
 
+static void ready_remove(tarry_co *h)
+{
+    tarry_rt *rt = h->rt;
+    tarry_co *prev = NULL;
+    if (!h->queued) return;
+    for (tarry_co *it = rt->ready_head; it; prev = it, it = it->next_ready) {
+        if (it != h) continue;
+        if (prev) prev->next_ready = h->next_ready; else rt->ready_head = h->next_ready;
+        if (rt->ready_tail == h) rt->ready_tail = prev;
+        break;
+    }
+    h->next_ready = NULL;
+    h->queued = 0;
+    rt->nready--;
+}
+
+/* Resume what was ready when this iteration began; what those push waits for the next one, so
+   a coroutine that yields in a loop cannot starve the loop's other watchers. */
 static void ready_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
     tarry_rt *rt = w->data;
-    tarry_co *batch = rt->ready_head;
     (void)revents;
-    rt->ready_head = rt->ready_tail = NULL;
     ev_idle_stop(loop, w);
-    while (batch) {
-        tarry_co *h = batch;
-        batch = h->next_ready;
-        h->next_ready = NULL;
-        h->queued = 0;
+    for (int n = rt->nready; n > 0 && rt->ready_head; n--) {
+        tarry_co *h = rt->ready_head;
+        ready_remove(h);
         if (h->status == CO_RUNNING) co_resume(h);
     }
+    if (rt->ready_head) ev_idle_start(loop, w);
 }
 
 /* ---- the runtime object ---- */
@@ -270,6 +290,7 @@ static void co_finish(lua_State *L, tarry_co *h, int st, int nres, int seen)
 {
     tarry_rt *rt = h->rt;
     int hidx;
+    ready_remove(h);              /* cancelled while ready: once unanchored it may be collected */
     push_handle(L, h);
     hidx = lua_gettop(L);
     store_outcome(L, hidx, h, st, nres);
