@@ -86,6 +86,10 @@ int tarry_pg_params(lua_State *L, int first, int last, const char **params);
 /* Connector options from the table at t: an integer in [min, 10000] (def when absent), the conninfo. */
 int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min);
 const char *tarry_opt_conninfo(lua_State *L, int t);
+/* Raise (blamed on the caller) for a key of the table at t that allowed (NULL-terminated) lacks. */
+void tarry_opt_check(lua_State *L, int t, const char *type, const char *const allowed[]);
+/* The options both C connectors accept (add new ones here). */
+#define TARRY_CONNECTOR_OPTIONS "conninfo", "min_size", "max_size", "connect_timeout", "query_timeout"
 
 /* ---- sync_connector.c ---- */
 typedef struct tarry_sync tarry_sync;

@@ -33,6 +33,13 @@ local function tasks_proxy(app)
       end
     end,
     __newindex = function() error("app.tasks is read-only: register tasks with app:task()", 2) end,
+    __tostring = function()
+      local names = {}
+      for name in pairs(reg.tasks) do names[#names + 1] = name end
+      table.sort(names)
+      if #names == 0 then return "<tarry.tasks: none>" end
+      return string.format("<tarry.tasks %d: %s>", #names, table.concat(names, ", "))
+    end,
   })
 end
 

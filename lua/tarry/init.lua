@@ -56,4 +56,12 @@ function tarry.App(opts)
   return core.App(opts.connector)
 end
 
+-- In a REPL: <tarry 0.1.0: App, Event, MemoryConnector, PgConnector, SyncPgConnector, ...>
+setmetatable(tarry, { __name = "tarry", __tostring = function(t)
+  local names = {}
+  for k in pairs(t) do names[#names + 1] = k end
+  table.sort(names)
+  return string.format("<tarry %s: %s>", t.version, table.concat(names, ", "))
+end })
+
 return tarry

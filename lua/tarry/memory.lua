@@ -8,7 +8,16 @@ Memory.__index = Memory
 
 local M = {}
 
-function M.new()
+--- tarry.MemoryConnector(): a connector that keeps jobs in memory. It takes no options; an
+-- options table, if given, must be empty (a typo is refused, as for the other connectors).
+function M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("tarry.MemoryConnector: options must be a table, got " .. type(opts), 2)
+  end
+  local key = opts and next(opts)
+  if key ~= nil then
+    error(string.format("tarry.MemoryConnector: unknown option '%s' (it takes none)", tostring(key)), 2)
+  end
   return setmetatable({ jobs = {}, next_id = 1 }, Memory)
 end
 
