@@ -57,7 +57,8 @@ function M.check_retry(retry, what, level)
     return { max_attempts = retry, wait = 0, linear_wait = 0, exponential_wait = 0 }
   end
   if type(retry) ~= "table" then
-    fail(level + 1, "%s: retry must be a boolean, an integer or a table, got %s", what, type(retry))
+    fail(level + 1, "%s: retry must be true, false, a whole number >= 0 or a table, got %s", what,
+      type(retry) == "number" and tostring(retry) or type(retry))
   end
   M.check_known(retry, { max_attempts = true, wait = true, linear_wait = true, exponential_wait = true,
     retry_errors = true }, what .. " retry", level + 1)
