@@ -1,6 +1,7 @@
 --- The Lua side of tarry.App: registering tasks and reaching them. The object itself, its
 -- connector, with_connector() and the defer path are C (runtime/app.c); these methods are
 -- installed into its method table.
+-- @module tarry.app
 local core = require "tarry.core"
 local Task = require "tarry.task"
 
@@ -43,6 +44,7 @@ local function tasks_proxy(app)
   })
 end
 
+--- Install the Lua-side methods (task, configure_task, defer, find_task) into the C App's method table.
 function M.install(methods)
   --- app:task(name, [opts,] fn) -> task. Options: queue, priority, lock, queueing_lock,
   -- retry, aliases. Registering a name (or alias) twice is an error.

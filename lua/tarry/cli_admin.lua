@@ -1,4 +1,4 @@
---- `tarry schema --apply|--read` and `tarry healthchecks`.
+--- The schema and healthchecks commands (`tarry schema --apply|--read`, `tarry healthchecks`).
 -- @module tarry.cli_admin
 local tarry = require "tarry"
 local schema = require "tarry.schema"

@@ -1,10 +1,7 @@
 --- How CLI commands print: one result per command on stdout, human-readable or, with `--json`,
 -- one JSON document (an object; a command that lists things prints an array); notes and progress
--- on stderr, so stdout stays machine-readable. New commands follow the same pattern:
---
---     local out = Output.new(cmd.json)
---     out:result({ id = 1, task = "add" }, "deferred job 1: add")
---
+-- on stderr, so stdout stays machine-readable. New commands follow the same pattern (an Output
+-- made from their --json flag, then one result call with the value and its text).
 -- @module tarry.cli_output
 local tarry = require "tarry"
 

@@ -1,4 +1,4 @@
---- `tarry worker --app FILE ...`: run a worker for the app a Lua file returns (the options are
+--- The worker command: run a worker for the app a Lua file returns (the options are
 -- checked by tarry.cli_parser; this runs them).
 -- @module tarry.cli_worker
 local Log = require "tarry.log"

@@ -7,6 +7,7 @@
 --
 -- The mechanism (the app object, connectors, the defer path, the loop) is C, in tarry.core;
 -- this file and its siblings add the Lua-side policy and sugar.
+-- @module tarry
 local core = require "tarry.core"
 local app_methods = require "tarry.app"
 local memory = require "tarry.memory"

@@ -74,7 +74,8 @@ function Log:debugf(event, fmt, ...)
   if LEVELS.debug >= self.min then self:write("debug", event, string.format(fmt, ...)) end
 end
 
---- `log:debug(event, message, fields)`, `log:info(...)`, `log:warning(...)`, `log:error(...)`.
+-- log:debug(event, message, fields), log:info(...), log:warning(...), log:error(...): Log:write
+-- at that level.
 for name in pairs(LEVELS) do
   Log[name] = function(self, event, message, fields) return self:write(name, event, message, fields) end
 end

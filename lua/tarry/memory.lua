@@ -1,6 +1,7 @@
 --- tarry.MemoryConnector: jobs kept in a Lua table, with the same rules as PostgreSQL (ids from
 -- 1, the queueing-lock conflict, all-or-nothing batches; arguments were validated and encoded by
 -- the app already). For users' own tests of their tasks, without a database.
+-- @module tarry.memory
 local core = require "tarry.core"
 
 local Memory = { __name = "tarry.MemoryConnector" }
@@ -77,16 +78,21 @@ end
 local MemoryJobs = {}
 MemoryJobs.__index = MemoryJobs
 
+--- The worker's job store over this connector (the interface tarry/pg_jobs.lua implements on PostgreSQL).
 function Memory:job_store()
   return setmetatable({ conn = self }, MemoryJobs)
 end
 
+--- Register a worker; returns its id.
 function MemoryJobs:register()
   self.conn.next_worker = (self.conn.next_worker or 0) + 1
   return self.conn.next_worker
 end
+--- Unregister a worker (nothing to do in memory).
 function MemoryJobs:unregister() end
+--- Record a heartbeat (nothing to do in memory).
 function MemoryJobs:heartbeat() end
+--- No LISTEN in memory: returns nil, the worker polls.
 function MemoryJobs:listen() return nil end
 
 local function wanted(queues, q)
@@ -111,6 +117,7 @@ local function lock_free(jobs, j)
   return true
 end
 
+--- Up to n due jobs of these queues (nil: all), by the protocol's order and lock rule.
 function MemoryJobs:fetch(queues, worker_id, n)
   local jobs, now, taken = self.conn.jobs, core.now(), {}
   for _ = 1, n do
@@ -130,6 +137,7 @@ function MemoryJobs:fetch(queues, worker_id, n)
   return taken
 end
 
+--- Record outcomes: {id=, status=, delete=, retry_at=} each.
 function MemoryJobs:finish(outcomes)
   local jobs = self.conn.jobs
   for _, o in ipairs(outcomes) do
@@ -143,13 +151,18 @@ function MemoryJobs:finish(outcomes)
   end
 end
 
+--- Nothing to open: returns the connector.
 function Memory:open() return self end
+--- Nothing to close.
 function Memory:close() end
+--- The connector itself (every call is synchronous).
 function Memory:get_sync_connector() return self end
+--- Misuse: a MemoryConnector runs no SQL.
 function Memory:execute()
   error("tarry.MemoryConnector runs no SQL", 2)
 end
 
+--- `<tarry.MemoryConnector N jobs>`.
 function Memory:__tostring()
   local n = 0
   for _ in pairs(self.jobs) do n = n + 1 end

@@ -1,6 +1,7 @@
 --- The worker's job store on PostgreSQL: the protocol's functions, batched. Only the
 -- procrastinate_* functions are used, so a schema applied by Procrastinate works unchanged.
 -- Every method runs through connector:execute, so inside a tarry coroutine it yields.
+-- @module tarry.pg_jobs
 local PgJobs = {}
 PgJobs.__index = PgJobs
 

@@ -1,4 +1,4 @@
---- Date-times to unix time, for `tarry defer --at`: ISO 8601 (local time unless it carries `Z` or
+--- Date-times to unix time, for `tarry defer --at`. ISO 8601 (local time unless it carries `Z` or
 -- an offset, as `date` and PostgreSQL's timestamptz read it) or a unix time.
 -- @module tarry.timeparse
 local M = {}

@@ -2,6 +2,7 @@
 -- once on one loop; reports outcomes in batches; LISTENs for new jobs (polling as the fallback);
 -- registers, heartbeats and unregisters; stops gracefully on the first SIGINT/SIGTERM and at
 -- once on the second. Everything here runs in coroutines driven by app:run().
+-- @module tarry.worker
 local core = require "tarry.core"
 local Log = require "tarry.log"
 local PgJobs = require "tarry.pg_jobs"
