@@ -20,14 +20,15 @@ describe("tostring of tarry's values", function()
   it("says a cancelled handle is cancelled, and a failed one failed", function()
     local app = tarry.App{ connector = tarry.MemoryConnector() }
     local h = app:spawn(function() tarry.sleep(60) end)
+    local own = app:spawn(function() tarry.sleep(60) end)
     assert.matches("^<tarry%.Coroutine running ", tostring(h))
-    h:cancel()
+    -- cancelled once they run (parked on their sleep), from another coroutine
+    app:spawn(function() tarry.sleep(0); h:cancel(); own:cancel("stopped by hand") end)
+    app:run()
     assert.matches("^<tarry%.Coroutine cancelled ", tostring(h))
+    assert.matches("^<tarry%.Coroutine failed ", tostring(own))   -- a cancel with an error of your own
     local f = app:spawn(function() error("boom") end)
     pcall(app.run, app)
     assert.matches("^<tarry%.Coroutine failed ", tostring(f))
-    local own = app:spawn(function() tarry.sleep(60) end)
-    own:cancel("stopped by hand")                      -- a cancel with an error of your own fails it
-    assert.matches("^<tarry%.Coroutine failed ", tostring(own))
   end)
 end)
