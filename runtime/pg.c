@@ -317,6 +317,38 @@ double tarry_opt_seconds(lua_State *L, int t, const char *name, double def)
     return v;
 }
 
+static int allowed_key(lua_State *L, int idx, const char *const allowed[])
+{
+    for (int i = 0; allowed[i]; i++)
+        if (lua_type(L, idx) == LUA_TSTRING && strcmp(lua_tostring(L, idx), allowed[i]) == 0) return 1;
+    return 0;
+}
+
+/* Misuse: a key of the options table at t that is not in allowed (NULL-terminated) is refused,
+   blamed on the caller: "file:line: tarry.PgConnector: unknown option 'connifo' (known: ...)". */
+void tarry_opt_check(lua_State *L, int t, const char *type, const char *const allowed[])
+{
+    luaL_Buffer b;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (allowed_key(L, -1, allowed)) continue;
+        const char *key = luaL_tolstring(L, -1, NULL);
+        luaL_buffinit(L, &b);
+        luaL_where(L, 1);
+        luaL_addvalue(&b);
+        lua_pushfstring(L, "%s: unknown option '%s' (known: ", type, key);
+        luaL_addvalue(&b);
+        for (int i = 0; allowed[i]; i++) {
+            if (i) luaL_addstring(&b, ", ");
+            luaL_addstring(&b, allowed[i]);
+        }
+        luaL_addchar(&b, ')');
+        luaL_pushresult(&b);
+        lua_error(L);
+    }
+}
+
 const char *tarry_opt_conninfo(lua_State *L, int t)
 {
     const char *conninfo = "";

@@ -466,6 +466,7 @@ static int pgc_new(lua_State *L)
     const char *conninfo;
     if (lua_isnoneornil(L, 1)) { lua_newtable(L); lua_replace(L, 1); }
     luaL_checktype(L, 1, LUA_TTABLE);
+    tarry_opt_check(L, 1, TARRY_PG_MT, (const char *const[]){ TARRY_CONNECTOR_OPTIONS, NULL });
     conninfo = tarry_opt_conninfo(L, 1);
     c = lua_newuserdatauv(L, sizeof *c, 2);
     memset(c, 0, sizeof *c);

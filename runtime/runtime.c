@@ -484,11 +484,20 @@ static int co_status(lua_State *L)
     return 1;
 }
 
+/* tostring(handle): "<tarry.Coroutine running|succeeded|failed|cancelled 0x...>"; a failure
+   whose error is the {code = "cancelled"} object reads as cancelled.  [-1, +1, m] */
 static int co_tostring(lua_State *L)
 {
     tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
     static const char *const names[] = { "running", "succeeded", "failed" };
-    lua_pushfstring(L, "<tarry.Coroutine %s %p>", names[h->status], (void *)h);
+    const char *name = names[h->status];
+    if (h->status == CO_ERROR && lua_getiuservalue(L, 1, 2) == LUA_TTABLE
+        && lua_getfield(L, -1, "err") == LUA_TTABLE && luaL_getmetafield(L, -1, "__name") != LUA_TNIL) {
+        if (strcmp(lua_tostring(L, -1), TARRY_ERROR_MT) == 0 && lua_getfield(L, -2, "code") == LUA_TSTRING
+            && strcmp(lua_tostring(L, -1), "cancelled") == 0)
+            name = "cancelled";
+    }
+    lua_pushfstring(L, "<tarry.Coroutine %s %p>", name, (void *)h);
     return 1;
 }
 

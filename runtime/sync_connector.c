@@ -109,6 +109,7 @@ static int sync_new(lua_State *L)
 {
     if (lua_isnoneornil(L, 1)) { lua_newtable(L); lua_replace(L, 1); }
     luaL_checktype(L, 1, LUA_TTABLE);
+    tarry_opt_check(L, 1, TARRY_SYNC_MT, (const char *const[]){ TARRY_CONNECTOR_OPTIONS, NULL });
     tarry_sync_new(L, tarry_opt_conninfo(L, 1), tarry_opt_int(L, 1, "min_size", 1, 0),
                    tarry_opt_int(L, 1, "max_size", 10, 1), tarry_opt_int(L, 1, "connect_timeout", 5, 1),
                    tarry_opt_seconds(L, 1, "query_timeout", TARRY_QUERY_TIMEOUT));

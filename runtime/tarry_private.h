@@ -101,6 +101,10 @@ int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min);
 const char *tarry_opt_conninfo(lua_State *L, int t);
 /* A number of seconds in [0, 1e6] (def when absent). */
 double tarry_opt_seconds(lua_State *L, int t, const char *name, double def);
+/* Raise (blamed on the caller) for a key of the table at t that allowed (NULL-terminated) lacks. */
+void tarry_opt_check(lua_State *L, int t, const char *type, const char *const allowed[]);
+/* The options both C connectors accept (add new ones here). */
+#define TARRY_CONNECTOR_OPTIONS "conninfo", "min_size", "max_size", "connect_timeout", "query_timeout"
 
 /* ---- sync_connector.c ---- */
 typedef struct tarry_sync tarry_sync;

@@ -1,6 +1,7 @@
 --- The Lua side of tarry.App: registering tasks and reaching them. The object itself, its
 -- connector, with_connector() and the defer path are C (runtime/app.c); these methods are
 -- installed into its method table.
+-- @module tarry.app
 local core = require "tarry.core"
 local Task = require "tarry.task"
 local Jobs = require "tarry.jobs"
@@ -42,9 +43,17 @@ local function tasks_proxy(app)
       end
     end,
     __newindex = function() error("app.tasks is read-only: register tasks with app:task()", 2) end,
+    __tostring = function()
+      local names = {}
+      for name in pairs(reg.tasks) do names[#names + 1] = name end
+      table.sort(names)
+      if #names == 0 then return "<tarry.tasks: none>" end
+      return string.format("<tarry.tasks %d: %s>", #names, table.concat(names, ", "))
+    end,
   })
 end
 
+--- Install the Lua-side methods (task, configure_task, defer, find_task) into the C App's method table.
 function M.install(methods)
   --- app:task(name, [opts,] fn) -> task. Options: queue, priority, lock, queueing_lock,
   -- retry, aliases, cron (a schedule: see app:periodic). Registering a name (or alias) twice is

@@ -3,6 +3,7 @@
 -- periodic markers; arguments were validated and encoded by the app already). For users' own
 -- tests of their tasks, without a database. `connector:job_store()` is its job store (the
 -- interface of tarry/store.lua).
+-- @module tarry.memory
 local core = require "tarry.core"
 
 local Memory = core.newmetatable("tarry.MemoryConnector")
@@ -18,7 +19,16 @@ local function fresh_state(self)
   return self
 end
 
-function M.new()
+--- tarry.MemoryConnector(): a connector that keeps jobs in memory. It takes no options; an
+-- options table, if given, must be empty (a typo is refused, as for the other connectors).
+function M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("tarry.MemoryConnector: options must be a table, got " .. type(opts), 2)
+  end
+  local key = opts and next(opts)
+  if key ~= nil then
+    error(string.format("tarry.MemoryConnector: unknown option '%s' (it takes none)", tostring(key)), 2)
+  end
   return fresh_state(setmetatable({}, Memory))
 end
 
@@ -111,6 +121,7 @@ end
 local MemoryJobs = {}
 MemoryJobs.__index = MemoryJobs
 
+--- The worker's job store over this connector (the interface tarry/pg_jobs.lua implements on PostgreSQL).
 function Memory:job_store()
   return setmetatable({ conn = self }, MemoryJobs)
 end
@@ -137,6 +148,7 @@ function MemoryJobs:heartbeat(worker_id)
   if w then w.last_heartbeat = core.now() end
 end
 
+--- No LISTEN in memory: returns nil, the worker polls.
 function MemoryJobs:listen() return nil end
 
 local function wanted(queues, q)
@@ -161,6 +173,7 @@ local function lock_free(jobs, j)
   return true
 end
 
+--- Up to n due jobs of these queues (nil: all), by the protocol's order and lock rule.
 function MemoryJobs:fetch(queues, worker_id, n)
   local conn = self.conn
   local jobs, now, taken = conn.jobs, core.now(), {}
@@ -209,6 +222,7 @@ local function finish(conn, j, status, del)
   set_status(conn, j, status)
 end
 
+--- Record outcomes: {id=, status=, delete=, retry_at=} each.
 function MemoryJobs:finish(outcomes)
   local conn = self.conn
   for _, o in ipairs(outcomes) do
@@ -384,13 +398,18 @@ function MemoryJobs:last_tick(task_name, periodic_id)
   return newest_marker(self.conn, task_name, periodic_id or "")
 end
 
+--- Nothing to open: returns the connector.
 function Memory:open() return self end
+--- Nothing to close.
 function Memory:close() end
+--- The connector itself (every call is synchronous).
 function Memory:get_sync_connector() return self end
+--- Misuse: a MemoryConnector runs no SQL.
 function Memory:execute()
   error("tarry.MemoryConnector runs no SQL", 2)
 end
 
+--- `<tarry.MemoryConnector N jobs>`.
 function Memory:__tostring()
   local n = 0
   for _ in pairs(self.jobs) do n = n + 1 end

@@ -3,6 +3,7 @@
 -- manager. Only procrastinate_* objects are required, so a schema applied by Procrastinate works
 -- unchanged; tarry_* functions are used when the schema has them. Every method runs through
 -- connector:execute, so inside a tarry coroutine it yields.
+-- @module tarry.pg_jobs
 local PgJobs = {}
 PgJobs.__index = PgJobs
 
@@ -40,6 +41,7 @@ SELECT to_regprocedure('tarry_fetch_jobs_v1(character varying[], bigint, integer
    AND to_regprocedure('tarry_finish_jobs_v1(bigint[], procrastinate_job_status[], boolean[], double precision[])')
        IS NOT NULL AS fast]]
 
+--- The job store of a PgConnector.
 function PgJobs.new(connector)
   return setmetatable({ connector = connector, fetch_sql = FETCH, finish_sql = FINISH, functions = {} }, PgJobs)
 end
@@ -68,7 +70,20 @@ function PgJobs.queues_literal(queues)
   return array_literal(queues, quoted)
 end
 
+-- The worker refuses a database whose schema lacks something it needs, naming it, instead of
+-- failing on every fetch.
+local function check_schema(connector)
+  local schema = require "tarry.schema"
+  local state, missing = schema.inspect(connector)
+  if state == "tarry" or state == "procrastinate" then return end
+  local what = state == "absent" and "the database has no tarry schema (apply it with `tarry schema --apply`)"
+    or "the database's schema is incomplete, missing: " .. table.concat(missing, ", ")
+  error(require("tarry.core").error("schema", what), 0)
+end
+
+--- Register the worker (after checking the schema and pruning stalled workers); returns its id.
 function PgJobs:register(stalled_after)
+  check_schema(self.connector)
   if self.connector:execute(HAS_FAST)[1].fast then
     self.fetch_sql, self.finish_sql, self.fast = FAST_FETCH, FAST_FINISH, true
   end
@@ -76,10 +91,12 @@ function PgJobs:register(stalled_after)
   return self.connector:execute("SELECT worker_id FROM procrastinate_register_worker_v1()")[1].worker_id
 end
 
+--- Unregister the worker.
 function PgJobs:unregister(worker_id)
   self.connector:execute("SELECT procrastinate_unregister_worker_v1($1)", worker_id)
 end
 
+--- Record the worker's heartbeat.
 function PgJobs:heartbeat(worker_id)
   self.connector:execute("SELECT procrastinate_update_heartbeat_v1($1)", worker_id)
 end

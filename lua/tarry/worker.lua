@@ -2,6 +2,7 @@
 -- once on one loop; reports outcomes in batches; LISTENs for new jobs (polling as the fallback);
 -- registers, heartbeats and unregisters; stops gracefully on the first SIGINT/SIGTERM and at
 -- once on the second. Everything here runs in coroutines driven by app:run().
+-- @module tarry.worker
 local core = require "tarry.core"
 local Log = require "tarry.log"
 local PgJobs = require "tarry.pg_jobs"
@@ -141,8 +142,8 @@ end
 
 -- The task's traceback, without the worker's own frames below the task function.
 local function on_error(e)
-  local msg = type(e) == "string" and e or tostring(e)
-  local tb = debug.traceback(msg, 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
+  local msg = Log.error_text(e)      -- the line carries it; the traceback below starts at its frames
+  local tb = debug.traceback(nil, 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
   return { err = e, message = msg, traceback = tb }
 end
 
@@ -226,6 +227,7 @@ function Worker:flusher()
       local batch = self.pending
       self.pending = {}
       self.in_flight = #batch
+      self.log:debugf("finish_batch", "recording %d job outcome(s) in one statement", #batch)
       local ok, err = pcall(self.store.finish, self.store, batch)
       if not ok and type(err) == "table" and err.code ~= "connection" and #batch > 1 then
         self:flush_one_by_one(batch)        -- one bad id must not hold the others back
@@ -279,7 +281,9 @@ function Worker:heartbeat_loop()
     self.stop_event:wait(self.heartbeat_interval)
     if self.stopping then return end
     local ok, err = pcall(self.store.heartbeat, self.store, self.worker_id)
-    if ok then self:db_ok()
+    if ok then
+      self:db_ok()
+      self.log:debugf("heartbeat", "heartbeat sent (worker id %d)", self.worker_id)
     elseif is_connection_error(err) then self:db_failed("heartbeat", err)
     else self.log:warning("heartbeat_failed", "heartbeat failed: " .. brief(err)) end
   end
@@ -291,6 +295,7 @@ function Worker:listen_loop()
     local ok, listener = pcall(self.store.listen, self.store, self.queues)
     if ok and listener then
       self.listener = listener
+      self.log:debugf("listening", "LISTEN on %s", self.queues and table.concat(self.queues, ",") or "every queue")
       backoff = 0.1
       self.wake:set()          -- jobs may have come while we were not listening
       while not self.stopping do
@@ -302,7 +307,10 @@ function Worker:listen_loop()
         if note == nil then pcall(listener.ping, listener)    -- a failure shows at the next wait
         else
           local okj, payload = pcall(core.json_decode, note.payload)
-          if okj and type(payload) == "table" and payload.type == "job_inserted" then self.wake:set() end
+          if okj and type(payload) == "table" and payload.type == "job_inserted" then
+            self.log:debugf("notified", "NOTIFY on %s: a job was inserted, waking the fetcher", tostring(note.channel))
+            self.wake:set()
+          end
         end
       end
       self.listener = nil
@@ -355,11 +363,21 @@ function Worker:fetch_round()
   if free <= 0 then return 0, false end
   local ok, jobs = pcall(self.store.fetch, self.store, self.queues, self.worker_id, free)
   if not ok then return nil, jobs end
+  self.log:debugf("fetched", "fetched %d job(s) for %d free slot(s)", #jobs, free)
   for _, job in ipairs(jobs) do self:start_job(job) end
   return #jobs, #jobs == free
 end
 
+-- SQLSTATEs of an object missing from the database: retrying cannot help, the worker stops.
+local SCHEMA_SQLSTATES = { ["42883"] = true, ["42P01"] = true, ["42703"] = true, ["42704"] = true }
+
 function Worker:handle_fetch_error(err, backoff)
+  if type(err) == "table" and SCHEMA_SQLSTATES[err.sqlstate] then
+    local stop = core.error("schema", string.format("the database lacks an object tarry needs: %s; "
+      .. "`tarry healthchecks` names what is missing", err.message))
+    stop.sqlstate = err.sqlstate
+    error(stop, 0)
+  end
   if type(err) == "table" and err.sqlstate == "23503" then
     self.log:warning("reregister", "this worker was pruned as stalled: registering again")
     local ok, id = pcall(self.store.register, self.store, self.stalled_after)
@@ -448,7 +466,7 @@ function Worker:main()
   self.stop_event = core.Event()
   self.progress = core.Event()     -- a coroutine that main awaits ended, or the stop was forced
   self.worker_id = self.store:register(self.stalled_after)
-  self.log:info("worker_started", string.format("worker %s (id %d) started: queues %s, concurrency %d",
+  self.log:info("worker_started", string.format("worker %q (id %d) started: queues %s, concurrency %d",
     self.name, self.worker_id, self.queues and table.concat(self.queues, ",") or "all", self.concurrency),
     { worker_id = self.worker_id, worker = self.name })
   local flusher = self.app:spawn(self.flusher, self)
@@ -471,7 +489,7 @@ function Worker:main()
   end
   local unreg_ok, unreg_err = self:await(self.app:spawn(self.store.unregister, self.store, self.worker_id))
   if not unreg_ok then self.log:warning("unregister_failed", "could not unregister: " .. brief(unreg_err)) end
-  self.log:info("worker_stopped", string.format("worker %s stopped", self.name), { worker_id = self.worker_id })
+  self.log:info("worker_stopped", string.format("worker %q (id %d) stopped", self.name, self.worker_id), { worker_id = self.worker_id })
   if not ok then error(err, 0) end
   if not drained then error(derr, 0) end
 end
