@@ -47,7 +47,12 @@ function Runner:outcome(job, ok, failure, def)
     o.delete = delete_jobs ~= "never"
     return o, "info", "job_succeeded", "succeeded"
   end
-  local delay = def and retry.delay(def.retry, job.attempts, failure.err)
+  local judged, delay = pcall(retry.delay, def and def.retry, job.attempts, failure.err)
+  if not judged then                     -- retry_errors itself raised: not retried, both told
+    o.status, o.delete = "failed", delete_jobs == "always"
+    return o, "error", "job_failed", string.format("failed: %s; and its retry_errors raised: %s (not retried)",
+      failure.message, Log.error_text(delay))
+  end
   if delay then
     o.retry_at = core.now() + delay
     return o, "warning", "job_retried", string.format("failed, retry in %gs: %s", delay, failure.message)
