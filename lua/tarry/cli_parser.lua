@@ -144,6 +144,13 @@ local function define_worker(p, on_help)
     { choices = { "never", "successful", "always" } })
   option(c, "worker", "--shutdown-graceful-timeout", "Seconds running jobs get to finish after the first signal "
     .. "(default: no limit).", { argname = "S", convert = seconds("--shutdown-graceful-timeout") })
+  option(c, "worker", "--update-heartbeat-interval", "Seconds between two heartbeats (default 10).",
+    { argname = "S", convert = seconds("--update-heartbeat-interval") })
+  option(c, "worker", "--stalled-worker-timeout", "Seconds without a heartbeat after which a worker counts as "
+    .. "dead and the jobs it left running are recovered (default 30).",
+    { argname = "S", convert = seconds("--stalled-worker-timeout") })
+  option(c, "worker", "--no-recover-stalled", "Do not recover the jobs dead workers left running (retried or "
+    .. "failed by their task's retry rule).", { flag = true })
   option(c, "worker", "--log-format", "human (default) or json (one object per line).", { choices = { "human", "json" } })
   option(c, "worker", "--log-level", "debug, info (default), warning or error.",
     { choices = { "debug", "info", "warning", "error" } })

@@ -10,6 +10,7 @@
 --   notifier   LISTEN: a `job_inserted` wakes the fetcher
 --   signals    SIGINT/SIGTERM: graceful stop, then forced
 --   health     the database's health: an outage logged once, its end once; backoff
+--   recovery   put back the jobs that dead workers left doing (retried or failed)
 --
 -- This file holds what ties them: the shared state (app, store, options, log, stopping/forced),
 -- the order of start and stop, and app:run_worker. Everything runs in coroutines on app:run().
@@ -25,6 +26,7 @@ local Recorder = require "tarry.worker.recorder"
 local Liveness = require "tarry.worker.liveness"
 local Notifier = require "tarry.worker.notifier"
 local Signals = require "tarry.worker.signals"
+local Recovery = require "tarry.worker.recovery"
 
 local Worker = {}
 Worker.__index = Worker
@@ -61,6 +63,7 @@ function Worker.new(app, opts)
   self.liveness = Liveness.new(self)
   self.notifier = Notifier.new(self)
   self.signals = Signals.new(self)
+  self.recovery = Recovery.new(self)
   return self
 end
 
@@ -134,6 +137,10 @@ function Worker:main()
   local side = { spawn(self.liveness) }
   if self.opts.listen_notify and self.opts.wait then side[#side + 1] = spawn(self.notifier) end
   if self.opts.install_signal_handlers then side[#side + 1] = spawn(self.signals) end
+  if self.opts.recover_stalled then
+    self.recovery:round()                 -- what a dead worker left, before the first fetch
+    side[#side + 1] = spawn(self.recovery)
+  end
   local ok, err = self:await(spawn(self.fetcher))
   if not ok and self.forced and is_cancelled(err) then ok = true end
   self:stop()

@@ -25,6 +25,7 @@ M.SPEC = {
   log_stream = { nil, function() return true end, "a file" },
   update_heartbeat_interval = { 10, seconds, "a number of seconds >= 0" },
   stalled_worker_timeout = { 30, seconds, "a number of seconds >= 0" },
+  recover_stalled = { true, is_bool, "a boolean" },
 }
 
 local function check_queues(queues, level)
