@@ -303,3 +303,113 @@ app:task("again", { retry = 1 }, function(args, ctx) if ctx.job.attempts == 0 th
     assert.matches("updated 1\n", updated)
   end)
 end)
+
+describe("a worker starting after another died", function()
+  -- what a kill -9 leaves: a registered worker that fetched a job and fell silent
+  local function dead_worker_left(app, age)
+    local store = Store.of(app.connector)
+    local id = app.tasks.resize:defer{ file = "a.png" }
+    local dead = store:register(30)
+    store:fetch(nil, dead, 1)
+    age(dead)
+    return id
+  end
+
+  local function one_shot(app, opts)
+    local log = io.tmpfile()
+    local o = { log_stream = log, log_format = "json" }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    W.run(app, o)
+    local lines = {}
+    for _, rec in ipairs(W.json_lines(log)) do
+      if rec.event == "job_recovered" or rec.event == "heartbeat_too_slow" then lines[#lines + 1] = rec end
+    end
+    return lines
+  end
+
+  local function memory_app()
+    local memory = tarry.MemoryConnector()
+    local app = tarry.App{ connector = memory }
+    app:task("resize", { retry = 2 }, function() end)
+    return app, function(id) memory.workers[id].last_heartbeat = memory.workers[id].last_heartbeat - 60 end
+  end
+
+  it("puts the job back before its first fetch, and runs it (MemoryConnector)", function()
+    local app, age = memory_app()
+    local id = dead_worker_left(app, age)
+    local lines = one_shot(app)
+    local job = app.jobs:get(id)
+    assert.are.same({ "succeeded", 2 }, { job.status, job.attempts })
+    assert.are.equal(1, #lines)
+    -- registering, the new worker pruned the silent one (as Procrastinate's workers do): the job's
+    -- worker_id went NULL with it, so the line can no longer name that worker
+    assert.are.equal("job 1 resize was left running by a worker that is gone: retried", lines[1].message)
+    assert.are.same({ id, "resize", "todo" }, { lines[1].job_id, lines[1].task, lines[1].status })
+    assert.is_nil(lines[1].worker_id)
+  end)
+
+  it("leaves it with recover_stalled = false", function()
+    local app, age = memory_app()
+    local id = dead_worker_left(app, age)
+    assert.are.same({}, one_shot(app, { recover_stalled = false }))
+    assert.are.equal("doing", app.jobs:get(id).status)
+  end)
+
+  it("refuses a recover_stalled that is not a boolean", function()
+    local app = memory_app()
+    assert.matches("run_worker: recover_stalled must be a boolean", require("support.expect").error_of(function()
+      W.run(app, { recover_stalled = "yes" })
+    end))
+  end)
+end)
+
+describe("tarry worker's recovery options", function()
+  local BIN = (os.getenv("TARRY_BUILD_DIR") or "build") .. "/bin/tarry"
+  local app_path
+  before_each(function()
+    app_path = os.tmpname() .. ".lua"
+    local f = assert(io.open(app_path, "w"))
+    f:write("return require('tarry').App{ connector = require('tarry').MemoryConnector() }\n")
+    f:close()
+  end)
+  after_each(function() os.remove(app_path) end)
+
+  -- `env... tarry worker --app APP --one-shot args`: its stderr and exit code
+  local function worker(args, env)
+    local errfile = os.tmpname()
+    local p = assert(io.popen(string.format("env %s %s worker --app %s --one-shot %s 2>%s", env or "", BIN,
+      db.shell_quote(app_path), args, errfile)))
+    p:read("a")
+    local _, _, code = p:close()
+    local f = assert(io.open(errfile))
+    local err = f:read("a")
+    f:close()
+    os.remove(errfile)
+    return err, code
+  end
+
+  local TOO_SLOW = "the heartbeat interval %(5 s%) is not shorter than stalled_worker_timeout %(2 s%)"
+
+  it("reach the worker from the command line and from TARRY_* variables", function()
+    local err, code = worker("--update-heartbeat-interval 5 --stalled-worker-timeout 2")
+    assert.are.equal(0, code, err)
+    assert.matches(TOO_SLOW, err)
+    err, code = worker("", "TARRY_UPDATE_HEARTBEAT_INTERVAL=5 TARRY_STALLED_WORKER_TIMEOUT=2")
+    assert.are.equal(0, code, err)
+    assert.matches(TOO_SLOW, err)
+    -- no recovery, no rounds: nothing checks the settings
+    err, code = worker("--update-heartbeat-interval 5 --stalled-worker-timeout 2 --no-recover-stalled")
+    assert.are.equal(0, code, err)
+    assert.is_nil(err:match("heartbeat interval"))
+    err = worker("--update-heartbeat-interval 5 --stalled-worker-timeout 2", "TARRY_NO_RECOVER_STALLED=1")
+    assert.is_nil(err:match("heartbeat interval"))
+  end)
+
+  it("refuse what is not a number of seconds, in one line, exit 2", function()
+    for _, flag in ipairs { "--update-heartbeat-interval", "--stalled-worker-timeout" } do
+      local err, code = worker(flag .. " soon")
+      assert.are.equal(2, code)
+      assert.are.equal("tarry: " .. flag .. " must be a number of seconds >= 0, got 'soon'\n", err)
+    end
+  end)
+end)
