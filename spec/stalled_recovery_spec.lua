@@ -304,6 +304,22 @@ app:task("again", { retry = 1 }, function(args, ctx) if ctx.job.attempts == 0 th
   end)
 end)
 
+describe("deleting a worker", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() db.drop(name) end)
+
+  it("can find its jobs through tarry_jobs_worker_id_idx_v1, as the foreign key's generic plan asks", function()
+    -- the query the ON DELETE SET NULL action runs; seq scans off, so the plan shows whether the
+    -- index can serve it at all (on a table this small the planner would scan anyway)
+    local plan = db.psql(name, [[
+      SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan;
+      PREPARE detach(bigint) AS UPDATE ONLY procrastinate_jobs SET worker_id = NULL WHERE $1 = worker_id;
+      EXPLAIN EXECUTE detach(1)]])
+    assert.matches("tarry_jobs_worker_id_idx_v1", plan)
+  end)
+end)
+
 describe("a worker starting after another died", function()
   -- what a kill -9 leaves: a registered worker that fetched a job and fell silent
   local function dead_worker_left(app, age)

@@ -846,6 +846,14 @@ $$;
 
 -- Stalled-job recovery (tarry/worker/recovery.lua) ---------------------------------------------
 
+-- Deleting a worker (unregister, prune) sets worker_id to NULL on its jobs through the foreign key,
+-- whose query (worker_id = $1) no index of Procrastinate's can serve: it scans the table.  tarry's
+-- paths clear worker_id when a job leaves doing, so this index holds little more than the running
+-- jobs, and the foreign key's update finds them through it.  Measured with 1M finished jobs: an
+-- unregister took 12-23 s when they all pointed at the worker (Procrastinate's finish keeps it),
+-- 0.15-0.18 s once they did not, and 1 ms with this index.
+CREATE INDEX tarry_jobs_worker_id_idx_v1 ON procrastinate_jobs (worker_id) WHERE worker_id IS NOT NULL;
+
 -- Puts back jobs left `doing` by a worker that stopped sending heartbeats.  Element i names a job,
 -- the worker it was seen with (worker_ids[i], NULL when its worker row was gone) and what to do with
 -- it: retry_at_epochs[i] set: procrastinate_retry_job_v2(id, to_timestamp(retry_at), NULL, NULL,
