@@ -418,7 +418,7 @@ function MemoryJobs:recoverable(seconds, queues, worker_id, after_id, limit)
         out[#out + 1] = { id = j.id, task_name = j.task_name, queue = j.queue_name, lock = j.lock,
           queueing_lock = j.queueing_lock, attempts = j.attempts, abort_requested = j.abort_requested == true,
           worker_id = j.worker_id, heartbeat_age = age }
-        if #out >= limit then break end
+        if limit and #out >= limit then break end
       end
     end
   end

@@ -37,7 +37,7 @@ end
 
 local function who(job)
   if not job.worker_id then return "a worker that is gone" end
-  if not job.heartbeat_age then return string.format("worker %d, which is gone,", job.worker_id) end
+  if not job.heartbeat_age then return string.format("worker %d (its registration is gone)", job.worker_id) end
   return string.format("worker %d (no heartbeat for %.0f s)", job.worker_id, job.heartbeat_age)
 end
 
@@ -118,25 +118,29 @@ function Recovery:check_settings()
   end
 end
 
---- One round: every stalled job of this worker's queues, page by page. A failure is logged; the
--- next round tries again.
+-- The stalled jobs with ids after `after` (one page), and how many of them went back.
+function Recovery:page(after)
+  local w = self.w
+  local jobs = w.store:recoverable(w.opts.stalled_worker_timeout, w.opts.queues, w.liveness.worker_id, after, PAGE)
+  return jobs, self:recover(jobs)
+end
+
+--- One round: every stalled job of this worker's queues, page by page; returns how many went back.
+-- A failure is logged, and the next round tries again.
 function Recovery:round()
   local w = self.w
   if self.rounds == 0 then self:check_settings() end
   self.rounds = self.rounds + 1
   local after, back = 0, 0
   while true do
-    local ok, jobs = pcall(w.store.recoverable, w.store, w.opts.stalled_worker_timeout, w.opts.queues,
-      w.liveness.worker_id, after, PAGE)
-    local n
-    if ok then ok, n = pcall(self.recover, self, jobs) end
+    local ok, jobs, n = pcall(self.page, self, after)
     if not ok then
-      local err = n or jobs
-      if not w.health:failed("recovering stalled jobs", err) then
-        w.log:warning("recovery_failed", "cannot recover stalled jobs, trying again later: " .. Health.brief(err))
+      if not w.health:failed("recovering stalled jobs", jobs) then
+        w.log:warning("recovery_failed", "cannot recover stalled jobs, trying again later: " .. Health.brief(jobs))
       end
       break
     end
+    w.health:ok()
     back = back + n
     if #jobs < PAGE then break end
     after = jobs[#jobs].id
