@@ -69,14 +69,15 @@ describe("processes deferring while PostgreSQL restarts", function()
       runs[mode] = { out = out, p = proc.start(string.format("run spec/support/deferrer.lua %s %s %s %s %s",
         db.shell_quote(db.conninfo(name)), mode, mode, out, stop)) }
     end
-    for mode, r in pairs(runs) do
-      proc.until_true(function() return #outcomes(r.out) >= 100 end, 60, mode .. " defers before the restart")
+    local function wait_for_defers(what, enough)
+      for mode, r in pairs(runs) do
+        proc.until_true(function() return enough(r) or not r.p:running() end, 60, mode .. " defers " .. what)
+        assert(r.p:running(), mode .. " deferrer exited " .. what .. ":\n" .. r.p:output())
+      end
     end
+    wait_for_defers("before the restart", function(r) return #outcomes(r.out) >= 100 end)
     db.server("restart", "fast")
-    for mode, r in pairs(runs) do
-      proc.until_true(function() local _, _, after = outcomes(r.out) return after >= 100 end, 60,
-        mode .. " defers after the restart")
-    end
+    wait_for_defers("after the restart", function(r) local _, _, after = outcomes(r.out) return after >= 100 end)
     assert(io.open(stop, "w")):close()
     local total = 0
     for mode, r in pairs(runs) do
