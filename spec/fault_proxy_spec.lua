@@ -6,10 +6,14 @@ local ledger = require "support.ledger"
 local proxy = require "support.proxy"
 local tarry = require "tarry"
 
--- psql through the proxy, in the background.
+-- psql through the proxy, in the background (the SQL goes through a file: it may be long).
 local function psql_via(p, name, sql, opts)
-  return proc.spawn(string.format("psql -X -At -h 127.0.0.1 -p %d -d %s -c %s", p.port,
-    db.shell_quote((opts or "") .. " dbname=" .. name), db.shell_quote(sql)))
+  local file = os.tmpname()
+  local f = assert(io.open(file, "w"))
+  f:write(sql, "\n")
+  f:close()
+  return proc.spawn(string.format("psql -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p %d -d %s -f %s", p.port,
+    db.shell_quote((opts or "") .. " dbname=" .. name), file))
 end
 
 describe("the fault suite's TCP proxy", function()
@@ -37,10 +41,16 @@ describe("the fault suite's TCP proxy", function()
     assert.are.equal(0, p:stop())
   end)
 
+  it("carries megabytes both ways intact", function()
+    local s = psql_via(p, name, "SELECT length('" .. ("q"):rep(1024 * 1024) .. "'), repeat('ab', 1500000)")
+    assert.are.equal(0, s:wait(60), s:output():sub(1, 300))
+    assert.are.equal("1048576|" .. ("ab"):rep(1500000) .. "\n", s:output())
+  end)
+
   it("holds a session without closing it and delivers what it held, in order, on forward", function()
     p:hold()
     local s = psql_via(p, name, "SELECT 40 + 2")
-    p:wait_for("held", 1, 10)                 -- psql's startup packet got as far as the proxy
+    p:wait_for("held 1 client", 1, 10)       -- psql's startup packet got as far as the proxy
     assert.is_true(s:running())
     p:forward()
     assert.are.equal(0, s:wait(30), s:output())
@@ -50,7 +60,7 @@ describe("the fault suite's TCP proxy", function()
   it("drops what a client sent during a hold once the client gives up", function()
     p:hold()
     local s = psql_via(p, name, "SELECT 1", "connect_timeout=2")
-    p:wait_for("held", 1, 10)
+    p:wait_for("held 1 client", 1, 10)
     assert.are_not.equal(0, s:wait(30))       -- psql's own connect_timeout
     p:wait_for("drop", 1, 10)
     p:forward()
@@ -94,7 +104,7 @@ describe("a tarry worker behind a proxy that pauses", function()
     local w = proc.start("worker --app " .. app .. " -c 4 --fetch-job-polling-interval 600")
     proc.until_true(function() return ledger.count(name, "succeeded") >= 100 end, 60, "the worker to make progress")
     p:hold()
-    p:wait_for("held", 1, 30)                -- the worker tried to talk during the pause
+    p:wait_for("held", 1, 30)                -- the pause caught the worker's queries or their replies
     p:forward()
     proc.until_true(function() return ledger.count(name, "succeeded") == 1000 end, 60, "the queue to drain")
     -- Idle now, and polling only every 10 minutes: a job deferred during a pause is found by its

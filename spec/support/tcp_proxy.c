@@ -10,8 +10,9 @@
  *
  *   SIGUSR1  hold ("mode hold"): nothing is written to either side any more, and every socket stays
  *            open (no FIN, no RST). The proxy still reads into its per-connection buffers (64 KiB
- *            each way) until they fill, so it knows who tried to talk: the first bytes a client sends
- *            during a hold print "held N". New connections are accepted and connected upstream, and
+ *            each way) until they fill, so it knows who tried to talk: the first bytes held from a
+ *            side of connection N during a hold print "held N client" or "held N server" (a reply
+ *            to a query already delivered). New connections are accepted and connected upstream, and
  *            forward nothing either. To both peers this is a network gone silent; the kernel still
  *            ACKs, so TCP keepalives do not see it and only an application deadline does. A
  *            connection whose peer closes or fails during the hold is reset on both sides and what
@@ -53,7 +54,7 @@ typedef struct {
     int fd[2];
     int id;
     bool connecting;   /* the upstream connect() is in progress */
-    bool held;         /* "held N" already printed during this hold */
+    bool held[2];      /* "held N client|server" already printed during this hold */
     buffer buf[2];
 } conn;
 
@@ -127,7 +128,10 @@ static bool pull(proxy *p, conn *c, int i)
     ssize_t n = read(c->fd[i], b->data + b->end, BUF_SIZE - b->end);
     if (n < 0) return errno == EAGAIN || errno == EINTR;
     if (n == 0) { b->eof = true; return !p->hold; }
-    if (p->hold && i == 0 && !c->held) { c->held = true; printf("held %d\n", c->id); }
+    if (p->hold && !c->held[i]) {
+        c->held[i] = true;
+        printf("held %d %s\n", c->id, i == 0 ? "client" : "server");
+    }
     b->end += (size_t)n;
     return true;
 }
@@ -215,7 +219,7 @@ static void on_signal(proxy *p)
         case SIGUSR1: p->hold = true; printf("mode hold\n"); break;
         case SIGUSR2:
             p->hold = false;
-            for (int k = 0; k < p->count; k++) p->conns[k]->held = false;
+            for (int k = 0; k < p->count; k++) p->conns[k]->held[0] = p->conns[k]->held[1] = false;
             printf("mode forward\n");
             break;
         case SIGHUP: cut_all(p); break;
