@@ -6,10 +6,13 @@ local ledger = require "support.ledger"
 
 local JOBS = 4000
 
+-- A spec that failed half-way through a restart must not leave the server down for the next ones.
+local function server_up() pcall(db.server, "start") end
+
 describe("tarry workers draining a queue while PostgreSQL restarts twice", function()
   local name
   before_each(function() name = db.fresh() end)
-  after_each(function() proc.kill_all(); db.drop(name) end)
+  after_each(function() proc.kill_all(); server_up(); db.drop(name) end)
 
   it("run every job exactly once; none is lost or left doing", function()
     local book = ledger.new()
@@ -22,12 +25,12 @@ describe("tarry workers draining a queue while PostgreSQL restarts twice", funct
     end
     for round = 1, 2 do
       local before = ledger.count(name, "succeeded") or 0
-      proc.until_true(function() return (ledger.count(name, "succeeded") or 0) >= before + 300 end, 60,
+      proc.until_true_while(workers, function() return (ledger.count(name, "succeeded") or 0) >= before + 300 end, 60,
         "the workers to make progress before restart " .. round)
       assert.is_true(ledger.count(name, "todo") > 0, "the restart must hit a queue still being drained")
       db.server("restart", "fast")
     end
-    proc.until_true(function() return ledger.count(name, "succeeded") == JOBS end, 120, "the queue to drain")
+    proc.until_true_while(workers, function() return ledger.count(name, "succeeded") == JOBS end, 120, "the queue to drain")
     for i = 1, 3 do workers[i]:signal("TERM") end
     for i = 1, 3 do assert.are.equal(0, workers[i]:wait(60), workers[i]:output()) end
     book:check(name, { jobs = JOBS })
@@ -40,7 +43,7 @@ end)
 describe("processes deferring while PostgreSQL restarts", function()
   local name
   before_each(function() name = db.fresh() end)
-  after_each(function() proc.kill_all(); db.drop(name) end)
+  after_each(function() proc.kill_all(); server_up(); db.drop(name) end)
 
   -- The outcome lines of a deferrer (see spec/support/deferrer.lua).
   local function outcomes(path)

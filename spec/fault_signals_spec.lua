@@ -28,7 +28,7 @@ describe("tarry worker on SIGTERM while long jobs run", function()
     ledger.defer(name, 4, "gate", string.format('{"file": %q}', gate))
     ledger.defer(name, 20, "work")
     local w = worker(app, "-c 4")
-    proc.until_true(function() return ledger.count(name, "doing") == 4 end, 30, "4 jobs to start")
+    proc.until_true_while({ w }, function() return ledger.count(name, "doing") == 4 end, 30, "4 jobs to start")
     w:signal("TERM")
     w:wait_for("stopping after the running jobs", 1, 30)
     assert(io.open(gate, "w")):close()               -- only now may the long jobs end
@@ -44,7 +44,7 @@ describe("tarry worker on SIGTERM while long jobs run", function()
     ledger.defer(name, 2, "gate", string.format('{"file": %q}', gate))   -- never opened: they run until cut
     ledger.defer(name, 2, "flaky", '{"s": 600}')                        -- long on their first attempt only
     local w = worker(app, "-c 4")
-    proc.until_true(function() return ledger.count(name, "doing") == 4 end, 30, "4 jobs to start")
+    proc.until_true_while({ w }, function() return ledger.count(name, "doing") == 4 end, 30, "4 jobs to start")
     w:signal("TERM")
     w:wait_for("stopping after the running jobs", 1, 30)
     w:signal("TERM")
@@ -79,7 +79,7 @@ describe("tarry workers stopped by signals in the middle of draining a queue", f
       local jobs = long + 300
       local workers = {}
       for i = 1, 3 do workers[i] = worker(app, "-c 4 --name w" .. i) end
-      proc.until_true(function() return ledger.count(name, "succeeded") >= 60 end, 60, "the workers to make progress")
+      proc.until_true_while(workers, function() return ledger.count(name, "succeeded") >= 60 end, 60, "the workers to make progress")
       for k = 1, signals do
         for i = 1, 3 do if workers[i]:running() then workers[i]:signal("TERM") end end
         for i = 1, 3 do

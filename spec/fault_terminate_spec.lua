@@ -40,12 +40,12 @@ describe("tarry workers under a storm of pg_terminate_backend", function()
       workers[i] = proc.start(string.format("worker --app %s -c 4 --name w%d --log-level warning " ..
         "--fetch-job-polling-interval 0.5", app, i))
     end
-    proc.until_true(function() return ledger.count(name, "succeeded") >= 200 end, 60, "the workers to start")
+    proc.until_true_while(workers, function() return ledger.count(name, "succeeded") >= 200 end, 60, "the workers to start")
     assert.is_true(ledger.count(name, "todo") > 0, "the storm must hit a queue still being drained")
     local killed = storm(name)
     assert.is_true(killed >= 20, "the storm ended only " .. killed .. " connection(s)")
     for i = 1, 3 do assert.is_true(workers[i]:running(), "worker " .. i .. " died:\n" .. workers[i]:output()) end
-    proc.until_true(function() return ledger.count(name, "succeeded") == JOBS end, 120, "the queue to drain")
+    proc.until_true_while(workers, function() return ledger.count(name, "succeeded") == JOBS end, 120, "the queue to drain")
     for i = 1, 3 do workers[i]:signal("TERM") end
     for i = 1, 3 do assert.are.equal(0, workers[i]:wait(60), workers[i]:output()) end
     book:check(name, { jobs = JOBS })

@@ -124,13 +124,27 @@ function Proc:wait_for(pattern, n, limit)
 end
 
 --- Poll until fn() is true (an event we can only observe by asking), with a guard deadline.
-function M.until_true(fn, limit, what)
+--- (level: whom the timeout blames, as for error(); 2, the caller, by default.)
+function M.until_true(fn, limit, what, level)
   local deadline = os.time() + (limit or 60)
   while os.time() <= deadline do
     if fn() then return end
     os.execute("sleep 0.05")
   end
-  error("gave up waiting for " .. (what or "a condition"), 2)
+  error("gave up waiting for " .. (what or "a condition"), level or 2)
+end
+
+--- M.until_true, failing at once (with its log) if one of the processes `procs` exits meanwhile.
+function M.until_true_while(procs, fn, limit, what)
+  local dead
+  M.until_true(function()
+    for _, p in ipairs(procs) do if not p:running() then dead = p; return true end end
+    return fn()
+  end, limit, what, 3)
+  if dead then
+    error(string.format("a process exited (code %s) while waiting for %s; its log:\n%s", read(dead.exitfile),
+      what or "a condition", dead:output():sub(-4000)), 2)
+  end
 end
 
 return M
