@@ -19,6 +19,14 @@ static const char DEFER_SQL[] =
 
 #define MAX_NAME_CHARS 128
 #define MAX_QUEUE_BYTES 40                   /* "procrastinate_queue_v1#" + queue < 64 bytes */
+/* Locks and queueing locks are btree keys: an index entry holds at most 2704 bytes with 8 kB
+   pages (about 2680 of incompressible text beside the id in procrastinate_jobs_id_lock_idx_v1).
+   1000 bytes leaves room for that and for smaller pages. */
+#define MAX_LOCK_BYTES 1000
+/* One job's arguments, as JSON text: far beyond any sane payload (pass a reference to bulk
+   data), far below jsonb's 255 MB, and small enough that a worker fetching a batch of them
+   does not run out of memory. */
+#define MAX_ARGS_BYTES (16 * 1024 * 1024)
 /* Later times are clamped to 9999-12-31 23:59:59.999999 UTC, as Procrastinate does: in SQL (LEAST)
    because that instant has no exact double; here only so to_timestamp() stays in range. */
 #define MAX_SCHEDULE 253402300800.0
@@ -40,12 +48,32 @@ static size_t utf8_chars(const char *s, size_t n)
     return chars;
 }
 
-/* A string field as a JSON string (json_stringn checks UTF-8). NULL when absent or invalid. */
-static json_t *string_field(lua_State *L, int job, const char *name, int required, job_error *e)
+/* Whether PostgreSQL can store s (n bytes) in a text column: no NUL, valid UTF-8, and at most
+   max bytes (0: no limit here). Otherwise e says why, naming the field. */
+static int storable(const char *name, const char *s, size_t n, size_t max, job_error *e)
+{
+    const char *nul = memchr(s, '\0', n);
+    size_t good = tarry_json_utf8_valid(s, n);
+    if (nul)
+        snprintf(e->msg, sizeof e->msg, "%s has a NUL byte at byte %zu (PostgreSQL cannot store it)",
+                 name, (size_t)(nul - s) + 1);
+    else if (good < n)
+        snprintf(e->msg, sizeof e->msg, "%s is not valid UTF-8 (invalid byte at position %zu)", name,
+                 good + 1);
+    else if (max > 0 && n > max)
+        snprintf(e->msg, sizeof e->msg, "%s has %zu bytes, more than the %zu allowed (it is a key "
+                 "of a PostgreSQL index)", name, n, max);
+    else return 1;
+    return 0;
+}
+
+/* A string field as a JSON string. NULL when absent (and required) or not storable. */
+static json_t *string_field(lua_State *L, int job, const char *name, int required, size_t max,
+                            job_error *e)
 {
     size_t n;
     const char *s;
-    json_t *j;
+    json_t *j = NULL;
     int t = lua_getfield(L, job, name);
     if (t == LUA_TNIL && !required) { lua_pop(L, 1); return json_null(); }
     if (t != LUA_TSTRING) {
@@ -54,8 +82,8 @@ static json_t *string_field(lua_State *L, int job, const char *name, int require
         return NULL;
     }
     s = lua_tolstring(L, -1, &n);
-    j = json_stringn(s, n);
-    if (!j) snprintf(e->msg, sizeof e->msg, "%s: invalid UTF-8", name);
+    if (storable(name, s, n, max, e) && !(j = json_stringn(s, n)))
+        snprintf(e->msg, sizeof e->msg, "%s: out of memory", name);
     lua_pop(L, 1);
     return j;
 }
@@ -120,10 +148,10 @@ static json_t *job_json(lua_State *L, int job, job_error *e)
     static const char *const keys[] = { "task", "queue", "lock", "queueing_lock", "priority", "at", "args" };
     json_t *v[7];
     e->code = "invalid_job";
-    v[0] = string_field(L, job, "task_name", 1, e);
-    v[1] = v[0] ? string_field(L, job, "queue", 1, e) : NULL;
-    v[2] = v[1] ? string_field(L, job, "lock", 0, e) : NULL;
-    v[3] = v[2] ? string_field(L, job, "queueing_lock", 0, e) : NULL;
+    v[0] = string_field(L, job, "task_name", 1, 0, e);
+    v[1] = v[0] ? string_field(L, job, "queue", 1, 0, e) : NULL;
+    v[2] = v[1] ? string_field(L, job, "lock", 0, MAX_LOCK_BYTES, e) : NULL;
+    v[3] = v[2] ? string_field(L, job, "queueing_lock", 0, MAX_LOCK_BYTES, e) : NULL;
     v[4] = v[3] ? priority_field(L, job, e) : NULL;
     v[5] = v[4] ? schedule_field(L, job, e) : NULL;
     v[6] = (v[5] && check_names(v[0], v[1], e)) ? args_field(L, job, e) : NULL;
@@ -136,6 +164,14 @@ static json_t *job_json(lua_State *L, int job, job_error *e)
 }
 
 /* ---- deferring ---- */
+
+/* Raises an error object for job i (from 1) of n: "job #i: msg" in a batch, msg alone. */
+static void raise_job_error(lua_State *L, size_t n, size_t i, const char *code, const char *msg)
+{
+    if (n > 1) tarry_push_error(L, code, "job #%d: %s", (int)i, msg);
+    else tarry_push_error(L, code, "%s", msg);
+    lua_error(L);
+}
 
 /* Encode every job into one JSON array; raise an error object naming the first bad one. */
 static json_t *encode_jobs(lua_State *L, int jobs)
@@ -154,13 +190,44 @@ static json_t *encode_jobs(lua_State *L, int jobs)
         lua_pop(L, 1);
         if (!o) {
             json_decref(batch);
-            if (n > 1) tarry_push_error(L, e.code, "job #%d: %s", (int)i, e.msg);
-            else tarry_push_error(L, e.code, "%s", e.msg);
-            lua_error(L);
+            raise_job_error(L, (size_t)n, (size_t)i, e.code, e.msg);
         }
         json_array_append_new(batch, o);
     }
     return batch;
+}
+
+/* Bytes of j's JSON text (0 if out of memory: then the text is not sent either). */
+static size_t dumped_len(const json_t *j)
+{
+    char *text = tarry_json_dump(j);
+    size_t n = text ? strlen(text) : 0;
+    free(text);
+    return n;
+}
+
+/* Raises invalid_args for job i (from 1) of n, whose args have len bytes of JSON text. */
+static void args_too_big(lua_State *L, size_t n, size_t i, size_t len)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "args: %zu bytes of JSON, more than the %d allowed (16 MiB)", len,
+             MAX_ARGS_BYTES);
+    raise_job_error(L, n, i, "invalid_args", msg);
+}
+
+/* Raises invalid_args, freeing batch and text, if one job's args (their JSON text alone, as
+   json_encode gives it) pass MAX_ARGS_BYTES. Called only when the whole batch's text does: each
+   job's args are part of it, written with as many digits or more, so a smaller batch passes. */
+static void check_args_sizes(lua_State *L, json_t *batch, char *text)
+{
+    size_t i, n = json_array_size(batch), len = 0;
+    for (i = 0; i < n && len <= MAX_ARGS_BYTES; i++)
+        len = dumped_len(json_object_get(json_array_get(batch, i), "args"));
+    if (len <= MAX_ARGS_BYTES)
+        return;
+    free(text);
+    json_decref(batch);
+    args_too_big(L, n, i, len);
 }
 
 /* A connector written in Lua (MemoryConnector, a user's): connector:defer_jobs(list) where
@@ -175,6 +242,13 @@ static int defer_through_lua(lua_State *L, int conn, json_t *batch)
     lua_createtable(L, (int)json_array_size(batch), 0);
     json_array_foreach(batch, i, o) {
         char *args = tarry_json_dump(json_object_get(o, "args"));
+        size_t len = args ? strlen(args) : 0;
+        if (len > MAX_ARGS_BYTES) {
+            size_t n = json_array_size(batch);
+            free(args);
+            json_decref(batch);
+            args_too_big(L, n, i + 1, len);
+        }
         lua_createtable(L, 0, 7);
         lua_pushstring(L, args);
         free(args);
@@ -211,6 +285,7 @@ static int app_defer_jobs(lua_State *L)
     if (luaL_len(L, 2) == 0) { json_decref(batch); lua_newtable(L); return 1; }
     if (!tarry_is_c_connector(L, conn)) return defer_through_lua(L, conn, batch);
     text = tarry_json_dump(batch);
+    if (text && strlen(text) > MAX_ARGS_BYTES) check_args_sizes(L, batch, text);
     json_decref(batch);
     if (!text) return luaL_error(L, "out of memory");
     lua_pushstring(L, text);

@@ -40,6 +40,8 @@ static const char *code_of(const char *sqlstate, const char *constraint, PGconn 
     if (!sqlstate) return "connection";
     if (strcmp(sqlstate, "23505") == 0 && constraint && strcmp(constraint, QUEUEING_LOCK_INDEX) == 0)
         return "already_enqueued";
+    /* 08P01 is a protocol violation (a wrong number of parameters, say) on a live connection. */
+    if (strcmp(sqlstate, "08P01") == 0 && !(conn && PQstatus(conn) == CONNECTION_BAD)) return "database";
     if (strncmp(sqlstate, "08", 2) == 0 || strncmp(sqlstate, "57P0", 4) == 0) return "connection";
     if (conn && PQstatus(conn) == CONNECTION_BAD) return "connection";
     return "database";

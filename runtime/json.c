@@ -1,7 +1,9 @@
 /* JSON <-> Lua values with jansson.
    Encoding walks the Lua value without raising: a failure is a message that names the bad value by
-   its path in Lua syntax (args.tags[3], args["my key"]). The array marker and the null sentinel
-   live in the registry. */
+   its path in Lua syntax (args.tags[3], args["my key"]). Decoding refuses what a Lua value cannot
+   hold (integers beyond 64 bits, numbers beyond a double, nesting deeper than the encoder allows)
+   and json_diagnose.c names the place the same way. The array marker and the null sentinel live
+   in the registry. */
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -12,6 +14,7 @@
 #include <lauxlib.h>
 
 #include "json.h"
+#include "json_internal.h"
 
 #define ARRAY_MT "tarry.array"
 #define NULL_MT "tarry.null"
@@ -50,7 +53,7 @@ static size_t utf8_seq(const unsigned char *p, size_t left)
 }
 
 /* Bytes of s before its first invalid UTF-8 sequence (len if s is valid). */
-static size_t utf8_valid(const char *s, size_t len)
+size_t tarry_json_utf8_valid(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t n, i = 0;
@@ -61,15 +64,7 @@ static size_t utf8_valid(const char *s, size_t len)
 
 /* ---- Encoding: the walk and its error messages ---- */
 
-/* One step of the path from the root to the value being encoded; steps live on the C stack. */
-typedef struct Step {
-    const struct Step *up; /* NULL for a child of the root */
-    const void *table;     /* the table this step goes into */
-    const char *key;       /* the object key, or NULL for an array index */
-    size_t keylen;
-    lua_Integer index;
-    int level; /* 1 for a child of the root */
-} Step;
+typedef tarry_json_step Step;
 
 typedef struct Encoder {
     lua_State *L;
@@ -112,7 +107,7 @@ static int is_name(const char *k, size_t n)
 /* ["key"], with quotes, backslashes, control bytes and the bytes of invalid UTF-8 as Lua escapes. */
 static size_t put_quoted(const Encoder *e, size_t len, const char *k, size_t n)
 {
-    int raw = utf8_valid(k, n) == n;
+    int raw = tarry_json_utf8_valid(k, n) == n;
     size_t i;
     len = put(e, len, "[\"");
     for (i = 0; i < n; i++) {
@@ -131,8 +126,8 @@ static size_t put_step(const Encoder *e, size_t len, const Step *s)
 {
     if (s->key == NULL)
         return put(e, len, "[" LUA_INTEGER_FMT "]", s->index);
-    if (is_name(s->key, s->keylen))
-        return put(e, len, ".%s", s->key);
+    if (is_name(s->key, s->keylen)) /* keys need no NUL after them: a decoded text's do not */
+        return put(e, len, ".%.*s", s->keylen < INT_MAX ? (int)s->keylen : INT_MAX, s->key);
     return put_quoted(e, len, s->key, s->keylen);
 }
 
@@ -165,6 +160,16 @@ PRINTF_LIKE(3, 4) static json_t *fail(const Encoder *e, const Step *at, const ch
     vfail(e, at, fmt, ap);
     va_end(ap);
     return NULL;
+}
+
+void tarry_json_path_error(char *err, size_t errlen, const char *root, const Step *at,
+                           const char *fmt, ...)
+{
+    Encoder e = {NULL, 0, 0, 0, root, err, errlen};
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(&e, at, fmt, ap);
+    va_end(ap);
 }
 
 /* The same as fail, for the checks that return 1 when they pass; returns 0. */
@@ -200,7 +205,7 @@ static json_t *encode_string(const Encoder *e, int idx, const Step *at)
     size_t len, good;
     const char *s = lua_tolstring(e->L, idx, &len);
     const char *nul;
-    if ((good = utf8_valid(s, len)) < len)
+    if ((good = tarry_json_utf8_valid(s, len)) < len)
         return fail(e, at, "invalid UTF-8 in string at byte %zu", good + 1);
     /* PostgreSQL's jsonb cannot store \u0000: refuse it here, with the path, not at insert time */
     if ((nul = memchr(s, 0, len)) != NULL)
@@ -337,7 +342,7 @@ static int add_member(const Encoder *e, json_t *o, Step *step)
     size_t good;
     json_t *v;
     step->key = lua_tolstring(e->L, -2, &step->keylen);
-    if ((good = utf8_valid(step->key, step->keylen)) < step->keylen)
+    if ((good = tarry_json_utf8_valid(step->key, step->keylen)) < step->keylen)
         return reject(e, step, "invalid UTF-8 in key at byte %zu", good + 1);
     if (memchr(step->key, '\0', step->keylen))
         return reject(e, step, "NUL byte in key (JSON decoders reject it)");
@@ -540,18 +545,26 @@ char *tarry_json_dump(const json_t *j)
 
 /* ---- Decoding ---- */
 
-static void push_array(lua_State *L, const json_t *a)
+static int push_json(lua_State *L, const json_t *j, int depth);
+
+/* The pushes return 0, having pushed nothing, when a container lies TARRY_JSON_MAX_DEPTH deep:
+   the encoder refuses such a table, so the decoder does not make one. */
+static int push_array(lua_State *L, const json_t *a, int depth)
 {
     size_t i, n = json_array_size(a);
     lua_createtable(L, n < INT_MAX ? (int)n : INT_MAX, 0);
     for (i = 0; i < n; i++) {
-        tarry_json_push(L, json_array_get(a, i));
+        if (!push_json(L, json_array_get(a, i), depth + 1)) {
+            lua_pop(L, 1);
+            return 0;
+        }
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     luaL_setmetatable(L, ARRAY_MT);
+    return 1;
 }
 
-static void push_object(lua_State *L, const json_t *o)
+static int push_object(lua_State *L, const json_t *o, int depth)
 {
     const char *key;
     size_t len, n = json_object_size(o);
@@ -559,18 +572,21 @@ static void push_object(lua_State *L, const json_t *o)
     lua_createtable(L, 0, n < INT_MAX ? (int)n : INT_MAX);
     json_object_keylen_foreach((json_t *)o, key, len, v) {
         lua_pushlstring(L, key, len);
-        tarry_json_push(L, v);
+        if (!push_json(L, v, depth + 1)) {
+            lua_pop(L, 2);
+            return 0;
+        }
         lua_rawset(L, -3);
     }
+    return 1;
 }
 
-/* Pushes the Lua value of j.  [-0, +1, m] */
-void tarry_json_push(lua_State *L, const json_t *j)
+static int push_json(lua_State *L, const json_t *j, int depth)
 {
     luaL_checkstack(L, 3, "JSON nested too deep");
     switch (json_typeof(j)) {
-    case JSON_OBJECT: push_object(L, j); break;
-    case JSON_ARRAY: push_array(L, j); break;
+    case JSON_OBJECT: return depth < TARRY_JSON_MAX_DEPTH && push_object(L, j, depth);
+    case JSON_ARRAY: return depth < TARRY_JSON_MAX_DEPTH && push_array(L, j, depth);
     case JSON_STRING: lua_pushlstring(L, json_string_value(j), json_string_length(j)); break;
     case JSON_INTEGER: lua_pushinteger(L, json_integer_value(j)); break;
     case JSON_REAL: lua_pushnumber(L, json_real_value(j)); break;
@@ -578,6 +594,14 @@ void tarry_json_push(lua_State *L, const json_t *j)
     case JSON_FALSE: lua_pushboolean(L, 0); break;
     case JSON_NULL: lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key); break;
     }
+    return 1;
+}
+
+/* Pushes the Lua value of j.  [-0, +1, e] */
+void tarry_json_push(lua_State *L, const json_t *j)
+{
+    if (!push_json(L, j, 0))
+        luaL_error(L, "JSON nested too deep (more than %d levels)", TARRY_JSON_MAX_DEPTH);
 }
 
 /* A userdata that owns a jansson value and a dumped text until released, so that a memory error
@@ -611,21 +635,34 @@ static Guard *guard_new(lua_State *L)
     return g;
 }
 
-/* Parses text and pushes its value; 0 with a message in err on a parse error.  [-0, +(0|1), m] */
-int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
+/* Parses text and pushes its value; 0 with "<root><path>: <problem>" (or jansson's message on
+   malformed JSON) in err when it cannot.  [-0, +(0|1), m] */
+int tarry_json_decode_as(lua_State *L, const char *text, size_t len, const char *root, char *err,
+                         size_t errlen)
 {
     json_error_t je;
     Guard *g = guard_new(L);
+    int loaded, pushed;
     g->json = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-    if (g->json == NULL) {
-        lua_pop(L, 1);
-        snprintf(err, errlen, "invalid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
-        return 0;
-    }
-    tarry_json_push(L, g->json);
+    loaded = g->json != NULL;
+    pushed = loaded && push_json(L, g->json, 0);
     guard_release(g);
-    lua_remove(L, -2);
-    return 1;
+    lua_remove(L, pushed ? -2 : -1);
+    if (pushed)
+        return 1;
+    if (!tarry_json_diagnose(text, len, root, err, errlen)) {
+        if (loaded) /* not reached: the scan finds the depth push_json refused */
+            tarry_json_path_error(err, errlen, root, NULL, "nested too deep");
+        else
+            snprintf(err, errlen, "invalid JSON: %s (line %d, column %d)", je.text, je.line,
+                     je.column);
+    }
+    return 0;
+}
+
+int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
+{
+    return tarry_json_decode_as(L, text, len, "value", err, errlen);
 }
 
 /* ---- The Lua functions ---- */
@@ -648,10 +685,11 @@ static int core_json_encode(lua_State *L)
     return 1;
 }
 
-/* core.json_decode(s) -> value; raises on invalid JSON. */
+/* core.json_decode(s) -> value; raises "<path>: <problem>" on what Lua cannot hold, or on
+   invalid JSON. */
 static int core_json_decode(lua_State *L)
 {
-    char err[JSON_ERROR_TEXT_LENGTH + 64];
+    char err[1024];
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     if (!tarry_json_decode(L, s, len, err, sizeof err))

@@ -9,7 +9,8 @@
 #include <lua.h>
 #include <jansson.h>
 
-/* Tables nest at most this deep when encoded. */
+/* Tables nest at most this deep, both ways: the encoder refuses a deeper table and the decoder a
+   deeper JSON text, so what tarry decodes it can encode again. */
 #define TARRY_JSON_MAX_DEPTH 512
 
 /* Adds json_encode, json_decode, array, is_array and null to the table at the top of the stack.
@@ -29,12 +30,22 @@ json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_
 char *tarry_json_dump(const json_t *j);
 
 /* Pushes the Lua value of j: objects as plain tables, arrays as marked tables, null as the
-   sentinel.  [-0, +1, m] */
+   sentinel. Raises if j nests deeper than TARRY_JSON_MAX_DEPTH.  [-0, +1, e] */
 void tarry_json_push(lua_State *L, const json_t *j);
 
-/* Parses len bytes of JSON text (any value, not only objects) and pushes its Lua value. On a parse
-   error returns 0, pushes nothing and writes jansson's message with line and column to err.
-   [-0, +(0|1), m] */
+/* Parses len bytes of JSON text (any value, not only objects) and pushes its Lua value. When it
+   cannot, returns 0, pushes nothing and writes why to err: for a value Lua cannot hold (an
+   integer beyond 64 bits, a number beyond a double, nesting deeper than TARRY_JSON_MAX_DEPTH, a
+   string jansson refuses) "<root><path>: <problem>", as in "args.n: integer does not fit in 64
+   bits"; for malformed JSON, jansson's message with line and column.  [-0, +(0|1), m] */
+int tarry_json_decode_as(lua_State *L, const char *text, size_t len, const char *root, char *err,
+                         size_t errlen);
+
+/* tarry_json_decode_as with the root named "value".  [-0, +(0|1), m] */
 int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+
+/* Bytes of s before its first invalid UTF-8 sequence (overlong, a surrogate, above U+10FFFF or
+   cut short): len when all of s is valid UTF-8. */
+size_t tarry_json_utf8_valid(const char *s, size_t len);
 
 #endif

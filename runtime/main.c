@@ -1,6 +1,9 @@
 /* The tarry executable: a Lua 5.4 interpreter with tarry built in, running lua/tarry/cli.lua. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #include <lualib.h>
 
 #include "tarry_config.h"
@@ -17,14 +20,45 @@ static int traceback(lua_State *L)
     return 1;
 }
 
-/* Prepend tarry's Lua directories to package.path (LUA_PATH still applies after them). */
-static void set_path(lua_State *L)
+/* The directory of the running executable (/proc/self/exe, else argv[0]) into dir; 0 if unknown. */
+static int exe_dir(const char *argv0, char *dir)
+{
+    char *slash;
+    ssize_t n = readlink("/proc/self/exe", dir, PATH_MAX - 1);
+    if (n > 0) dir[n] = 0;
+    else if (!argv0 || !strchr(argv0, '/') || !realpath(argv0, dir)) return 0;
+    slash = strrchr(dir, '/');
+    if (!slash) return 0;
+    *slash = 0;
+    return 1;
+}
+
+/* Where tarry's Lua files are: the source tree for the build tree's executable, else the
+   install's share/lua/5.4 relative to the executable. Pushes the directory.  [-0, +1, m] */
+static void push_lua_dir(lua_State *L, const char *argv0)
+{
+    char dir[PATH_MAX], build[PATH_MAX];
+    if (!exe_dir(argv0, dir)) {
+        lua_pushliteral(L, TARRY_LUA_INSTALL_DIR);   /* where it was meant to be installed */
+        return;
+    }
+    if (realpath(TARRY_BUILD_BIN_DIR, build) && strcmp(build, dir) == 0)
+        lua_pushliteral(L, TARRY_LUA_SOURCE_DIR);
+    else
+        lua_pushfstring(L, "%s/%s", dir, TARRY_LUA_RELATIVE_DIR);
+}
+
+/* Prepend tarry's Lua directory to package.path (LUA_PATH and the defaults still apply after it,
+   for the modules tasks require). */
+static void set_path(lua_State *L, const char *argv0)
 {
     lua_getglobal(L, "package");
-    lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s;%s", TARRY_LUA_PATH, lua_tostring(L, -1));
-    lua_setfield(L, -3, "path");
-    lua_pop(L, 2);
+    push_lua_dir(L, argv0);
+    lua_getfield(L, -2, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", lua_tostring(L, -2), lua_tostring(L, -2),
+                    lua_tostring(L, -1));
+    lua_setfield(L, -4, "path");
+    lua_pop(L, 3);
 }
 
 /* The CLI: require("tarry.cli").main(arg) under a traceback handler; its result is the exit code. */
@@ -34,7 +68,7 @@ static int run_cli(lua_State *L)
     char **argv = lua_touserdata(L, 2);
     luaL_openlibs(L);
     tarry_openlibs(L);
-    set_path(L);
+    set_path(L, argc > 0 ? argv[0] : NULL);
     lua_createtable(L, argc, 1);
     for (int i = 0; i < argc; i++) {
         lua_pushstring(L, argv[i]);

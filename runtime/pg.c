@@ -1,41 +1,55 @@
 /* libpq helpers shared by the blocking and the async connectors. */
 #include <errno.h>
+#include <math.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 
 #include "tarry_private.h"
 
-/* Keywords in this order: the conninfo (expanded as dbname) comes last so its own
-   connect_timeout or application_name win over tarry's defaults. */
+/* tarry's defaults come first and the conninfo (expanded as dbname) last, so whatever the
+   user's conninfo sets wins. TCP keepalives find a peer that vanished without a FIN while the
+   connection is idle (about 25 s), tcp_user_timeout one that stopped acknowledging what we
+   sent; both are ignored on Unix sockets. A peer that acknowledges but never answers (a stuck
+   proxy) is what the per-query deadline (query_timeout) is for. */
+#define CONNECT_PARAMS 9
 static void connect_params(const char *conninfo, int timeout, const char **kw, const char **val,
                            char *timeout_buf, size_t buflen)
 {
+    static const char *const fixed[][2] = {
+        { "fallback_application_name", "tarry" }, { "keepalives", "1" }, { "keepalives_idle", "10" },
+        { "keepalives_interval", "5" }, { "keepalives_count", "3" }, { "tcp_user_timeout", "30000" } };
+    int n = 0;
     snprintf(timeout_buf, buflen, "%d", timeout > 0 ? timeout : 5);
-    kw[0] = "connect_timeout";           val[0] = timeout_buf;
-    kw[1] = "fallback_application_name"; val[1] = "tarry";
-    kw[2] = "dbname";                    val[2] = conninfo;
-    kw[3] = NULL;                        val[3] = NULL;
+    kw[n] = "connect_timeout"; val[n++] = timeout_buf;
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) { kw[n] = fixed[i][0]; val[n++] = fixed[i][1]; }
+    kw[n] = "dbname"; val[n++] = conninfo;
+    kw[n] = NULL; val[n] = NULL;
 }
 
 PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, size_t errlen)
 {
-    const char *kw[4], *val[4];
+    const char *kw[CONNECT_PARAMS + 1], *val[CONNECT_PARAMS + 1];
     char tbuf[16];
     PGconn *conn;
     connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
     conn = PQconnectdbParams(kw, val, 1);
-    if (conn && PQstatus(conn) == CONNECTION_OK) { tarry_pg_setup(conn); return conn; }
-    snprintf(err, errlen, "%s", conn ? PQerrorMessage(conn) : "out of memory");
-    for (size_t n = strlen(err); n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '); n--) err[n - 1] = 0;
+    if (conn && PQstatus(conn) == CONNECTION_OK) {
+        tarry_pg_setup(conn);
+        PQsetnonblocking(conn, 1);       /* tarry_pg_exec waits with poll() and a deadline */
+        return conn;
+    }
+    tarry_pg_message(err, errlen, conn ? PQerrorMessage(conn) : "out of memory");
     PQfinish(conn);
     return NULL;
 }
 
 PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout)
 {
-    const char *kw[4], *val[4];
+    const char *kw[CONNECT_PARAMS + 1], *val[CONNECT_PARAMS + 1];
     char tbuf[16];
     PGconn *conn;
     connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
@@ -76,19 +90,23 @@ int tarry_pg_result_ok(const PGresult *res)
     return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY;
 }
 
-/* Push one field converted by its type: bool, integers, floats, json/jsonb, else text. */
+/* Push one field converted by its type: bool, integers, floats, json/jsonb, else text. A json
+   value Lua cannot hold (an integer beyond 64 bits, ...) becomes an undecodable_json error object
+   naming the place ("args.n: integer does not fit in 64 bits"): one such row fails neither the
+   whole result nor, in the worker, the other jobs of its fetch. */
 static void push_value(lua_State *L, const PGresult *res, int row, int col)
 {
     const char *v = PQgetvalue(res, row, col);
     int len = PQgetlength(res, row, col);
-    char err[128];
+    char err[512];
     switch (PQftype(res, col)) {
     case 16: lua_pushboolean(L, v[0] == 't'); break;                       /* bool */
     case 20: case 21: case 23: case 26:                                    /* int8/2/4, oid */
         lua_pushinteger(L, (lua_Integer)strtoll(v, NULL, 10)); break;
     case 700: case 701: lua_pushnumber(L, strtod(v, NULL)); break;         /* float4/8 */
     case 114: case 3802:                                                   /* json, jsonb */
-        if (!tarry_json_decode(L, v, (size_t)len, err, sizeof err)) lua_pushlstring(L, v, (size_t)len);
+        if (!tarry_json_decode_as(L, v, (size_t)len, PQfname(res, col), err, sizeof err))
+            tarry_push_error(L, "undecodable_json", "%s", err);
         break;
     default: lua_pushlstring(L, v, (size_t)len);
     }
@@ -126,13 +144,97 @@ void tarry_pg_push_result(lua_State *L, const PGresult *res, tarry_result_kind k
     else push_rows(L, res);
 }
 
-int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q)
+double tarry_monotonic(void)
 {
-    PGresult *res = q->nparams > 0
-        ? PQexecParams(conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0)
-        : PQexec(conn, q->sql);
-    int ok = tarry_pg_result_ok(res);
-    if (ok) tarry_pg_push_result(L, res, q->kind);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void tarry_pg_message(char *out, size_t outlen, const char *msg)
+{
+    size_t n = 0;
+    for (const char *p = msg ? msg : ""; *p && n + 1 < outlen; p++) {
+        if (*p == '\n' || *p == '\t') {                  /* libpq's messages span lines */
+            if (n > 0 && out[n - 1] != ' ') out[n++] = ' ';
+        } else {
+            out[n++] = *p;
+        }
+    }
+    while (n > 0 && out[n - 1] == ' ') n--;
+    out[n] = 0;
+}
+
+void tarry_pg_keep_result(PGresult **kept, PGresult *res)
+{
+    if (!*kept || (tarry_pg_result_ok(*kept) && !tarry_pg_result_ok(res))) {
+        PQclear(*kept);
+        *kept = res;
+    } else {
+        PQclear(res);
+    }
+}
+
+int tarry_pg_send(PGconn *conn, const tarry_query *q)
+{
+    return q->nparams > 0
+        ? PQsendQueryParams(conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0)
+        : PQsendQuery(conn, q->sql);
+}
+
+/* Wait for the socket (POLLIN or POLLOUT) until the deadline (0: none): 1 ready, 0 late. */
+static int wait_socket(PGconn *conn, short events, double deadline)
+{
+    struct pollfd pfd = { PQsocket(conn), events, 0 };
+    for (;;) {
+        double left = deadline > 0 ? deadline - tarry_monotonic() : -1;
+        int ms = left < 0 ? -1 : (int)ceil(left * 1000);
+        int r;
+        if (deadline > 0 && left <= 0) return 0;
+        r = poll(&pfd, 1, ms);
+        if (r > 0) return 1;
+        if (r == 0) return 0;
+        if (errno != EINTR) return 1;        /* let libpq report what is wrong with the socket */
+    }
+}
+
+/* Send q and collect its result, waiting at most `timeout` seconds (0: no limit). Returns the
+   result (the first error, else the last one), or NULL with the reason in err. A connection
+   left with a query in flight (late, broken) is no longer idle: its owner must drop it. */
+static PGresult *exec_deadline(PGconn *conn, const tarry_query *q, double timeout, char *err, size_t errlen)
+{
+    double deadline = timeout > 0 ? tarry_monotonic() + timeout : 0;
+    PGresult *kept = NULL, *res;
+    int f;
+    if (!tarry_pg_send(conn, q)) { tarry_pg_message(err, errlen, PQerrorMessage(conn)); return NULL; }
+    while ((f = PQflush(conn)) > 0)
+        if (!wait_socket(conn, POLLIN | POLLOUT, deadline)) goto late;
+    if (f < 0) { tarry_pg_message(err, errlen, PQerrorMessage(conn)); return NULL; }
+    for (int alive = 1;;) {
+        while (!PQisBusy(conn)) {          /* also what arrived before the connection broke */
+            if (!(res = PQgetResult(conn))) return kept;
+            tarry_pg_keep_result(&kept, res);
+        }
+        if (!alive) break;
+        if (!wait_socket(conn, POLLIN, deadline)) goto late;
+        alive = PQconsumeInput(conn);
+    }
+    PQclear(kept);
+    tarry_pg_message(err, errlen, PQerrorMessage(conn));
+    return NULL;
+late:
+    PQclear(kept);
+    snprintf(err, errlen, TARRY_LATE_MESSAGE, timeout);
+    return NULL;
+}
+
+int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q, double timeout)
+{
+    char err[512];
+    PGresult *res = exec_deadline(conn, q, timeout, err, sizeof err);
+    int ok = res && tarry_pg_result_ok(res);
+    if (!res) tarry_push_error(L, "connection", "%s", err);
+    else if (ok) tarry_pg_push_result(L, res, q->kind);
     else tarry_push_pg_error(L, conn, res);
     PQclear(res);
     return ok;
@@ -201,6 +303,50 @@ int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min)
     }
     lua_pop(L, 1);
     return v;
+}
+
+double tarry_opt_seconds(lua_State *L, int t, const char *name, double def)
+{
+    double v = def;
+    if (lua_getfield(L, t, name) != LUA_TNIL) {
+        if (!lua_isnumber(L, -1) || !(lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= 1e6))
+            luaL_error(L, "option '%s' must be a number of seconds from 0 to 1000000", name);
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int allowed_key(lua_State *L, int idx, const char *const allowed[])
+{
+    for (int i = 0; allowed[i]; i++)
+        if (lua_type(L, idx) == LUA_TSTRING && strcmp(lua_tostring(L, idx), allowed[i]) == 0) return 1;
+    return 0;
+}
+
+/* Misuse: a key of the options table at t that is not in allowed (NULL-terminated) is refused,
+   blamed on the caller: "file:line: tarry.PgConnector: unknown option 'connifo' (known: ...)". */
+void tarry_opt_check(lua_State *L, int t, const char *type, const char *const allowed[])
+{
+    luaL_Buffer b;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (allowed_key(L, -1, allowed)) continue;
+        const char *key = luaL_tolstring(L, -1, NULL);
+        luaL_buffinit(L, &b);
+        luaL_where(L, 1);
+        luaL_addvalue(&b);
+        lua_pushfstring(L, "%s: unknown option '%s' (known: ", type, key);
+        luaL_addvalue(&b);
+        for (int i = 0; allowed[i]; i++) {
+            if (i) luaL_addstring(&b, ", ");
+            luaL_addstring(&b, allowed[i]);
+        }
+        luaL_addchar(&b, ')');
+        luaL_pushresult(&b);
+        lua_error(L);
+    }
 }
 
 const char *tarry_opt_conninfo(lua_State *L, int t)

@@ -22,7 +22,7 @@ typedef struct areq areq;
 
 typedef struct aconn {
     ev_io io;
-    ev_timer timer;              /* connect timeout */
+    ev_timer timer;              /* connecting: connect_timeout; busy: query_timeout */
     apool *pool;
     PGconn *pg;
     int state;
@@ -47,6 +47,7 @@ struct apool {
     struct ev_loop *loop;
     char *conninfo;
     int max_size, connect_timeout;
+    double query_timeout;        /* seconds a sent query may wait for its answer; 0: for ever */
     aconn *conns;
     int nconns, nconnecting;
     areq *qhead, *qtail;
@@ -58,6 +59,7 @@ typedef struct tarry_pgc {
     apool *pool;                 /* NULL while closed */
     char *conninfo;
     int min_size, max_size, connect_timeout;
+    double query_timeout;
 } tarry_pgc;
 
 /* user values of the userdata: 1 the runtime anchor, 2 the sync connector (lazy) */
@@ -180,13 +182,10 @@ static void conn_destroy(aconn *c)
     free(c);
 }
 
-/* The connection broke: its request (if any) gets the connection error. */
-static void conn_fail(aconn *c, const char *why)
+/* The connection broke (or is dropped): its request (if any) gets the connection error msg. */
+static void conn_drop(aconn *c, const char *msg)
 {
-    char msg[512];
     areq *r = c->req;
-    snprintf(msg, sizeof msg, "%s: %s", why, c->pg ? PQerrorMessage(c->pg) : "out of memory");
-    for (size_t n = strlen(msg); n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '); n--) msg[n - 1] = 0;
     apool *p = c->pool;
     int connecting = c->state == CONN_CONNECTING;
     c->req = NULL;
@@ -196,30 +195,37 @@ static void conn_fail(aconn *c, const char *why)
     else dispatch(p);
 }
 
+/* The connection broke: "why: libpq's message". */
+static void conn_fail(aconn *c, const char *why)
+{
+    char pqmsg[400], msg[512];
+    tarry_pg_message(pqmsg, sizeof pqmsg, c->pg ? PQerrorMessage(c->pg) : "out of memory");
+    snprintf(msg, sizeof msg, "%s: %s", why, pqmsg);
+    conn_drop(c, msg);
+}
+
 static void conn_complete(aconn *c)
 {
     areq *r = c->req;
     c->req = NULL;
     c->state = CONN_IDLE;
     watch(c, 0);
+    ev_timer_stop(c->pool->loop, &c->timer);
     req_deliver(r, c->pg, NULL);
     dispatch(c->pool);
 }
 
-/* Read what arrived; finish the request once libpq has no more results. */
+/* Read what arrived; finish the request once libpq has no more results. A result that arrived
+   whole before the server closed the connection is still delivered (libpq keeps what it read). */
 static void conn_read(aconn *c)
 {
-    if (!PQconsumeInput(c->pg)) { conn_fail(c, "lost the connection to PostgreSQL"); return; }
+    int alive = PQconsumeInput(c->pg);
     while (!PQisBusy(c->pg)) {
         PGresult *res = PQgetResult(c->pg);
         if (!res) { conn_complete(c); return; }
-        if (!c->req->res || (tarry_pg_result_ok(c->req->res) && !tarry_pg_result_ok(res))) {
-            PQclear(c->req->res);      /* keep the last result, or the first error */
-            c->req->res = res;
-        } else {
-            PQclear(res);
-        }
+        tarry_pg_keep_result(&c->req->res, res);
     }
+    if (!alive) conn_fail(c, "lost the connection to PostgreSQL");
 }
 
 static void conn_flush(aconn *c)
@@ -231,13 +237,15 @@ static void conn_flush(aconn *c)
 
 static void conn_send(aconn *c, areq *r)
 {
-    int ok;
+    tarry_query q = { r->sql, r->nparams, (const char *const *)r->params, r->kind };
+    apool *p = c->pool;
     c->state = CONN_BUSY;
     c->req = r;
-    ok = r->nparams > 0
-        ? PQsendQueryParams(c->pg, r->sql, r->nparams, NULL, (const char *const *)r->params, NULL, NULL, 0)
-        : PQsendQuery(c->pg, r->sql);
-    if (!ok) conn_fail(c, "cannot send to PostgreSQL");
+    if (p->query_timeout > 0) {
+        ev_timer_set(&c->timer, p->query_timeout, 0.);
+        ev_timer_start(p->loop, &c->timer);
+    }
+    if (!tarry_pg_send(c->pg, &q)) conn_fail(c, "cannot send to PostgreSQL");
     else conn_flush(c);
 }
 
@@ -281,7 +289,13 @@ static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
     apool *p = c->pool;
     (void)loop; (void)revents;
     p->in_callback++;
-    conn_fail(c, "timeout connecting to PostgreSQL");
+    if (c->state == CONN_CONNECTING) {
+        conn_fail(c, "timeout connecting to PostgreSQL");
+    } else {
+        char msg[160];
+        snprintf(msg, sizeof msg, TARRY_LATE_MESSAGE, p->query_timeout);
+        conn_drop(c, msg);       /* PQfinish closes the socket: the server ends the backend */
+    }
     pool_leave(p);
 }
 
@@ -407,7 +421,7 @@ static tarry_sync *push_sync(lua_State *L, int idx)
     tarry_sync *s;
     if (lua_getiuservalue(L, idx, 2) == LUA_TUSERDATA) return tarry_sync_check(L, -1);
     lua_pop(L, 1);
-    s = tarry_sync_new(L, c->conninfo, 0, c->max_size, c->connect_timeout);
+    s = tarry_sync_new(L, c->conninfo, 0, c->max_size, c->connect_timeout, c->query_timeout);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, idx < 0 ? idx - 2 : idx, 2);
     return s;
@@ -424,8 +438,9 @@ int tarry_connector_query(lua_State *L, int idx, const tarry_query *q)
             aconn *conn;
             if (h) return async_query(L, c->pool, h, q);
             if ((conn = idle_conn(c->pool))) {
-                int ok = tarry_pg_exec(L, conn->pg, q);
-                if (PQstatus(conn->pg) != CONNECTION_OK) conn_destroy(conn);
+                int ok = tarry_pg_exec(L, conn->pg, q, c->query_timeout);
+                if (PQstatus(conn->pg) != CONNECTION_OK || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
+                    conn_destroy(conn);          /* broken, or late with its query in flight */
                 return ok ? 1 : lua_error(L);
             }
         }
@@ -442,13 +457,16 @@ int tarry_is_c_connector(lua_State *L, int idx)
     return luaL_testudata(L, idx, TARRY_PG_MT) || luaL_testudata(L, idx, TARRY_SYNC_MT);
 }
 
-/* tarry.PgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5 }  [-1, +1, e] */
+/* tarry.PgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5, query_timeout=30 }
+   query_timeout: seconds a query may wait for its answer before its connection is dropped and
+   the caller gets a "connection" error (0: for ever).  [-1, +1, e] */
 static int pgc_new(lua_State *L)
 {
     tarry_pgc *c;
     const char *conninfo;
     if (lua_isnoneornil(L, 1)) { lua_newtable(L); lua_replace(L, 1); }
     luaL_checktype(L, 1, LUA_TTABLE);
+    tarry_opt_check(L, 1, TARRY_PG_MT, (const char *const[]){ TARRY_CONNECTOR_OPTIONS, NULL });
     conninfo = tarry_opt_conninfo(L, 1);
     c = lua_newuserdatauv(L, sizeof *c, 2);
     memset(c, 0, sizeof *c);
@@ -456,6 +474,7 @@ static int pgc_new(lua_State *L)
     c->min_size = tarry_opt_int(L, 1, "min_size", 1, 0);
     c->max_size = tarry_opt_int(L, 1, "max_size", 10, 1);
     c->connect_timeout = tarry_opt_int(L, 1, "connect_timeout", 5, 1);
+    c->query_timeout = tarry_opt_seconds(L, 1, "query_timeout", TARRY_QUERY_TIMEOUT);
     if (c->min_size > c->max_size) return luaL_error(L, "min_size is larger than max_size");
     c->conninfo = strdup(conninfo);
     if (!c->conninfo) return luaL_error(L, "out of memory");
@@ -491,6 +510,7 @@ static int pgc_open(lua_State *L)
     p->loop = tarry_rt_loop(rt);
     p->max_size = c->max_size;
     p->connect_timeout = c->connect_timeout;
+    p->query_timeout = c->query_timeout;
     for (int i = 0; i < c->min_size; i++) {
         PGconn *pg = tarry_pg_connect(c->conninfo, c->connect_timeout, err, sizeof err);
         if (!pg) {
@@ -525,10 +545,14 @@ static int pgc_gc(lua_State *L)
     return 0;
 }
 
+/* c:get_sync_connector() -> what synchronous code should use: once the connector is open, the
+   connector itself (its blocking calls borrow an idle pooled connection, so no second pool
+   opens); before that, or after close(), its SyncPgConnector counterpart, made once.  [-1, +1, e] */
 static int pgc_get_sync(lua_State *L)
 {
-    pgc_check(L, 1);
-    push_sync(L, 1);
+    tarry_pgc *c = pgc_check(L, 1);
+    lua_settop(L, 1);
+    if (!c->pool) push_sync(L, 1);
     return 1;
 }
 
@@ -542,17 +566,18 @@ static int pgc_execute(lua_State *L)
     return tarry_connector_query(L, 1, &q);
 }
 
-/* c:listen{ channel, ... } -> a tarry.Listener on its own connection (see listener.c). */
+/* c:listen{ channel, ... } -> a tarry.Listener on its own connection (see listener.c); in a
+   tarry coroutine, which parks while it connects.  [-2, +1, e] */
 static int pgc_listen(lua_State *L)
 {
     tarry_pgc *c = pgc_check(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
-    lua_pushcfunction(L, tarry_listen);
+    lua_settop(L, 2);
     lua_pushstring(L, c->conninfo);
-    lua_pushvalue(L, 2);
+    lua_replace(L, 1);
     lua_pushinteger(L, c->connect_timeout);
-    lua_call(L, 3, 1);
-    return 1;
+    lua_pushnumber(L, c->query_timeout);
+    return tarry_listen(L);              /* a plain call: it may yield from this frame */
 }
 
 static int pgc_is_open(lua_State *L)
@@ -565,10 +590,14 @@ static int pgc_tostring(lua_State *L)
 {
     tarry_pgc *c = pgc_check(L, 1);
     char desc[256];
+    int nopen, nmax;
     tarry_pg_describe(c->conninfo ? c->conninfo : "", desc, sizeof desc);
     if (c->pool) lua_pushfstring(L, "<tarry.PgConnector %s, open, %d/%d connections>", desc,
                                  c->pool->nconns, c->max_size);
-    else lua_pushfstring(L, "<tarry.PgConnector %s, closed>", desc);
+    else if (lua_getiuservalue(L, 1, 2) == LUA_TUSERDATA) {
+        tarry_sync_counts(tarry_sync_check(L, -1), &nopen, &nmax);
+        lua_pushfstring(L, "<tarry.PgConnector %s, not open; blocking calls: %d/%d connections>", desc, nopen, nmax);
+    } else lua_pushfstring(L, "<tarry.PgConnector %s, not open>", desc);
     return 1;
 }
 

@@ -28,6 +28,7 @@ struct tarry_rt {
     tarry_co *current;      /* the tarry coroutine being resumed, if any */
     ev_idle ready;          /* runs the ready queue without blocking the loop */
     tarry_co *ready_head, *ready_tail;
+    int nready;
 };
 
 /* The handle userdata. User values: 1 the thread, 2 the outcome table, 3 the joiners. */
@@ -61,7 +62,10 @@ static void push_registry_table(lua_State *L, const void *key)
     lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
 
-/* ---- the ready queue ---- */
+/* ---- the ready queue ----
+ * Coroutines to resume on the next loop iteration, in order. A coroutine leaves it when it is
+ * resumed or when it finishes otherwise (cancelled): the queue never holds a finished handle,
+ * which nothing else may keep alive. */
 
 static void ready_push(tarry_co *h)
 {
@@ -71,23 +75,39 @@ static void ready_push(tarry_co *h)
     h->next_ready = NULL;
     if (rt->ready_tail) rt->ready_tail->next_ready = h; else rt->ready_head = h;
     rt->ready_tail = h;
+    rt->nready++;
     ev_idle_start(rt->loop, &rt->ready);
 }
 
+static void ready_remove(tarry_co *h)
+{
+    tarry_rt *rt = h->rt;
+    tarry_co *prev = NULL;
+    if (!h->queued) return;
+    for (tarry_co *it = rt->ready_head; it; prev = it, it = it->next_ready) {
+        if (it != h) continue;
+        if (prev) prev->next_ready = h->next_ready; else rt->ready_head = h->next_ready;
+        if (rt->ready_tail == h) rt->ready_tail = prev;
+        break;
+    }
+    h->next_ready = NULL;
+    h->queued = 0;
+    rt->nready--;
+}
+
+/* Resume what was ready when this iteration began; what those push waits for the next one, so
+   a coroutine that yields in a loop cannot starve the loop's other watchers. */
 static void ready_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
     tarry_rt *rt = w->data;
-    tarry_co *batch = rt->ready_head;
     (void)revents;
-    rt->ready_head = rt->ready_tail = NULL;
     ev_idle_stop(loop, w);
-    while (batch) {
-        tarry_co *h = batch;
-        batch = h->next_ready;
-        h->next_ready = NULL;
-        h->queued = 0;
+    for (int n = rt->nready; n > 0 && rt->ready_head; n--) {
+        tarry_co *h = rt->ready_head;
+        ready_remove(h);
         if (h->status == CO_RUNNING) co_resume(h);
     }
+    if (rt->ready_head) ev_idle_start(loop, w);
 }
 
 /* ---- the runtime object ---- */
@@ -121,6 +141,7 @@ static tarry_rt *rt_create(lua_State *L)
     rt->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
     if (!rt->loop) { free(rt); luaL_error(L, "tarry: cannot create an event loop"); }
     ev_idle_init(&rt->ready, ready_cb);
+    ev_set_priority(&rt->ready, EV_MAXPRI);   /* runs every iteration, however busy the loop */
     rt->ready.data = rt;
     *p = rt;
     lua_newtable(L);
@@ -195,15 +216,16 @@ int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cance
     return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), park_k);
 }
 
-/* Resume now from a loop callback; from anywhere else (a coroutine, the main thread outside
-   the loop) the ready queue resumes it, so coroutines never nest inside each other. */
+/* Always through the ready queue, never resumed here: the waker is usually a libev or libpq
+   callback in the middle of its own bookkeeping (a pool handing out a result), and the woken
+   coroutine may do anything next (query again, close the connector) that frees what that
+   callback still uses. The ready queue runs on the next loop iteration, outside every callback,
+   and coroutines never nest inside each other. */
 void tarry_rt_wake(tarry_co *h, int nvalues)
 {
-    tarry_rt *rt = h->rt;
     h->nargs = nvalues;
     h->cancel = NULL;
-    if (rt->driving && !rt->current) co_resume(h);
-    else ready_push(h);
+    ready_push(h);
 }
 
 /* ---- finishing ---- */
@@ -268,6 +290,7 @@ static void co_finish(lua_State *L, tarry_co *h, int st, int nres, int seen)
 {
     tarry_rt *rt = h->rt;
     int hidx;
+    ready_remove(h);              /* cancelled while ready: once unanchored it may be collected */
     push_handle(L, h);
     hidx = lua_gettop(L);
     store_outcome(L, hidx, h, st, nres);
@@ -461,11 +484,20 @@ static int co_status(lua_State *L)
     return 1;
 }
 
+/* tostring(handle): "<tarry.Coroutine running|succeeded|failed|cancelled 0x...>"; a failure
+   whose error is the {code = "cancelled"} object reads as cancelled.  [-1, +1, m] */
 static int co_tostring(lua_State *L)
 {
     tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
     static const char *const names[] = { "running", "succeeded", "failed" };
-    lua_pushfstring(L, "<tarry.Coroutine %s %p>", names[h->status], (void *)h);
+    const char *name = names[h->status];
+    if (h->status == CO_ERROR && lua_getiuservalue(L, 1, 2) == LUA_TTABLE
+        && lua_getfield(L, -1, "err") == LUA_TTABLE && luaL_getmetafield(L, -1, "__name") != LUA_TNIL) {
+        if (strcmp(lua_tostring(L, -1), TARRY_ERROR_MT) == 0 && lua_getfield(L, -2, "code") == LUA_TSTRING
+            && strcmp(lua_tostring(L, -1), "cancelled") == 0)
+            name = "cancelled";
+    }
+    lua_pushfstring(L, "<tarry.Coroutine %s %p>", name, (void *)h);
     return 1;
 }
 

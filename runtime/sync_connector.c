@@ -12,6 +12,7 @@
 struct tarry_sync {
     char *conninfo;
     int min_size, max_size, connect_timeout;
+    double query_timeout;      /* seconds; 0: no deadline */
     int nopen;                 /* connections that exist: idle + in use */
     int nidle;
     PGconn **idle;             /* max_size slots */
@@ -19,6 +20,12 @@ struct tarry_sync {
 
 tarry_sync *tarry_sync_test(lua_State *L, int idx) { return luaL_testudata(L, idx, TARRY_SYNC_MT); }
 tarry_sync *tarry_sync_check(lua_State *L, int idx) { return luaL_checkudata(L, idx, TARRY_SYNC_MT); }
+
+void tarry_sync_counts(tarry_sync *s, int *nopen, int *max_size)
+{
+    *nopen = s->nopen;
+    *max_size = s->max_size;
+}
 
 static void sync_close_all(tarry_sync *s)
 {
@@ -61,7 +68,7 @@ int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q)
     PGconn *c = sync_acquire(L, s);
     int ok;
     if (!c) return lua_error(L);
-    ok = tarry_pg_exec(L, c, q);
+    ok = tarry_pg_exec(L, c, q, s->query_timeout);
     sync_release(s, c);
     return ok ? 1 : lua_error(L);
 }
@@ -77,7 +84,8 @@ static int sync_gc(lua_State *L)
     return 0;
 }
 
-tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int max_size, int timeout)
+tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int max_size, int timeout,
+                           double query_timeout)
 {
     tarry_sync *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
@@ -90,17 +98,21 @@ tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int
     s->min_size = min_size;
     s->max_size = max_size;
     s->connect_timeout = timeout;
+    s->query_timeout = query_timeout;
     return s;
 }
 
-/* tarry.SyncPgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5 }  [-1, +1, e]
-   conninfo is a libpq connection string or URI; when absent, libpq's PG* variables apply. */
+/* tarry.SyncPgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5, query_timeout=30 }
+   conninfo is a libpq connection string or URI; when absent, libpq's PG* variables apply.
+   query_timeout: seconds a query may wait for its answer (0: for ever).  [-1, +1, e] */
 static int sync_new(lua_State *L)
 {
     if (lua_isnoneornil(L, 1)) { lua_newtable(L); lua_replace(L, 1); }
     luaL_checktype(L, 1, LUA_TTABLE);
+    tarry_opt_check(L, 1, TARRY_SYNC_MT, (const char *const[]){ TARRY_CONNECTOR_OPTIONS, NULL });
     tarry_sync_new(L, tarry_opt_conninfo(L, 1), tarry_opt_int(L, 1, "min_size", 1, 0),
-                   tarry_opt_int(L, 1, "max_size", 10, 1), tarry_opt_int(L, 1, "connect_timeout", 5, 1));
+                   tarry_opt_int(L, 1, "max_size", 10, 1), tarry_opt_int(L, 1, "connect_timeout", 5, 1),
+                   tarry_opt_seconds(L, 1, "query_timeout", TARRY_QUERY_TIMEOUT));
     return 1;
 }
 

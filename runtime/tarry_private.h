@@ -76,8 +76,21 @@ int tarry_pg_idle_ok(PGconn *conn);
 /* Push a successful result as the query's kind asks (rows table or ids array).  [-0, +1, m] */
 void tarry_pg_push_result(lua_State *L, const PGresult *res, tarry_result_kind kind);
 int tarry_pg_result_ok(const PGresult *res);
-/* Run q blocking on conn; push the result (return 1) or an error object (return 0). */
-int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q);
+/* Run q blocking on conn, waiting at most timeout seconds (0: no limit); push the result
+   (return 1) or an error object (return 0). Late: a "connection" error, and conn keeps a query
+   in flight (PQtransactionStatus is not idle), so its owner drops it. */
+int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q, double timeout);
+/* Send q (PQsendQueryParams, or PQsendQuery when it has no parameters): libpq's 1 or 0. */
+int tarry_pg_send(PGconn *conn, const tarry_query *q);
+/* Of a query's results keep the first error, else the last one (res is taken over). */
+void tarry_pg_keep_result(PGresult **kept, PGresult *res);
+/* A libpq message on one line: newlines folded into spaces, no trailing blanks. */
+void tarry_pg_message(char *out, size_t outlen, const char *msg);
+/* The message of a query that outlived its deadline (printf format of the seconds). */
+#define TARRY_LATE_MESSAGE "no answer from PostgreSQL within %g s (query_timeout): connection dropped"
+/* The default query deadline of tarry's connectors, in seconds. */
+#define TARRY_QUERY_TIMEOUT 30.0
+double tarry_monotonic(void);                       /* seconds, CLOCK_MONOTONIC */
 /* A printable description of a conninfo, without its password. */
 void tarry_pg_describe(const char *conninfo, char *out, size_t outlen);
 /* Read query parameters from Lua values at [first, last] into params (strings kept on the stack).  */
@@ -86,15 +99,24 @@ int tarry_pg_params(lua_State *L, int first, int last, const char **params);
 /* Connector options from the table at t: an integer in [min, 10000] (def when absent), the conninfo. */
 int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min);
 const char *tarry_opt_conninfo(lua_State *L, int t);
+/* A number of seconds in [0, 1e6] (def when absent). */
+double tarry_opt_seconds(lua_State *L, int t, const char *name, double def);
+/* Raise (blamed on the caller) for a key of the table at t that allowed (NULL-terminated) lacks. */
+void tarry_opt_check(lua_State *L, int t, const char *type, const char *const allowed[]);
+/* The options both C connectors accept (add new ones here). */
+#define TARRY_CONNECTOR_OPTIONS "conninfo", "min_size", "max_size", "connect_timeout", "query_timeout"
 
 /* ---- sync_connector.c ---- */
 typedef struct tarry_sync tarry_sync;
 tarry_sync *tarry_sync_check(lua_State *L, int idx);
 tarry_sync *tarry_sync_test(lua_State *L, int idx);
 /* Push a new SyncPgConnector.  [-0, +1, e] */
-tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int max_size, int connect_timeout);
+tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int max_size, int connect_timeout,
+                           double query_timeout);
 /* Run q on a pooled blocking connection; pushes the result, or raises the error object.  [-0, +1, e] */
 int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q);
+/* The connections it holds now (idle and in use), and its max_size. */
+void tarry_sync_counts(tarry_sync *s, int *nopen, int *max_size);
 void tarry_sync_open(lua_State *L);
 
 /* ---- pg_connector.c ---- */
@@ -110,7 +132,7 @@ void tarry_pg_connector_open(lua_State *L);
 void tarry_event_open(lua_State *L);
 void tarry_signals_open(lua_State *L);
 void tarry_listener_open(lua_State *L);
-int tarry_listen(lua_State *L);   /* core.listen(conninfo, channels, connect_timeout) */
+int tarry_listen(lua_State *L);   /* core.listen(conninfo, channels, connect_timeout, query_timeout) */
 
 /* ---- app.c ---- */
 void tarry_app_open(lua_State *L);

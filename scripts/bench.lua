@@ -38,6 +38,57 @@ end
 
 local function rate(n, seconds) return string.format("%.0f", n / seconds) end
 
+-- Options after the build directory: --quick (smaller retention table), --only delete_old.
+local OPTS = {}
+for i = 2, #arg do
+  local k, v = arg[i]:match("^%-%-([%w_-]+)=?(.*)$")
+  if k == "only" and v == "" then k, v = "only", arg[i + 1] end
+  if k then OPTS[k] = v ~= "" and v or true end
+end
+
+-- ---- retention: app.jobs:delete_old on a large table of finished jobs ----
+-- The rows are written directly, as workers would have left them: N succeeded jobs, each with its
+-- deferred, started and succeeded events, all 100 hours old.
+local function bench_delete_old()
+  local N = tonumber(os.getenv("BENCH_DELETE_OLD_N") or "") or (OPTS.quick and 100000 or 1000000)
+  local conninfo = fresh_db("bench_retention")
+  local app = tarry.App{ connector = tarry.SyncPgConnector{ conninfo = conninfo } }
+  local c = app.connector
+  local t0 = tarry.now()
+  c:execute([[INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, attempts)
+    SELECT 'default', 'noop', '{}', 'succeeded', 1 FROM generate_series(1, $1::integer)]], N)
+  c:execute([[INSERT INTO procrastinate_events (job_id, type, at)
+    SELECT j.id, e.type::procrastinate_job_event_type, now() - interval '100 hours' + e.n * interval '1 ms'
+    FROM procrastinate_jobs AS j, (VALUES ('deferred', 0), ('started', 1), ('succeeded', 2)) AS e (type, n)]])
+  c:execute("VACUUM ANALYZE procrastinate_jobs")
+  c:execute("VACUUM ANALYZE procrastinate_events")
+  local setup = tarry.now() - t0
+  local rows = {}
+  local function measure(label, hours)
+    local t = tarry.now()
+    local n = app.jobs:delete_old{ max_hours = hours }
+    rows[#rows + 1] = { label, n, string.format("%.3f", tarry.now() - t) }
+  end
+  measure("nothing old enough (max_hours = 200)", 200)
+  do  -- for comparison: the statement as PROTOCOL.md 6.2 describes it, each job's latest event first
+    local t = tarry.now()
+    local n = c:execute([[SELECT count(*) AS n FROM procrastinate_jobs AS j WHERE j.status = 'succeeded'
+      AND (SELECT max(e.at) FROM procrastinate_events AS e WHERE e.job_id = j.id) < now() - interval '200 hours']])[1].n
+    rows[#rows + 1] = { "nothing old enough, selected by each job's latest event (PROTOCOL.md 6.2's shape)", n,
+      string.format("%.3f", tarry.now() - t) }
+  end
+  c:execute("DROP INDEX tarry_events_at_idx_v1")
+  c:execute("ANALYZE procrastinate_events")
+  measure("nothing old enough, without tarry_events_at_idx_v1 (a schema Procrastinate applied)", 200)
+  c:execute("CREATE INDEX tarry_events_at_idx_v1 ON procrastinate_events (at)")
+  c:execute("ANALYZE procrastinate_events")
+  measure("all of them (max_hours = 72): jobs and their events deleted", 72)
+  assert(rows[#rows][2] == N, "not every job was deleted")
+  c:close()
+  table_print(string.format("Retention: app.jobs:delete_old on %d succeeded jobs with 3 events each "
+    .. "(set-up %.0f s, not counted)", N, setup), { "run", "jobs deleted", "seconds" }, rows)
+end
+
 -- ---- the PostgreSQL settings every number below was measured with ----
 do
   local rows = {}
@@ -48,6 +99,11 @@ do
   local nproc = io.popen("nproc"):read("l")
   rows[#rows + 1] = { "machine", string.format("%s cores, %s", nproc, cpu) }
   table_print("PostgreSQL settings (same for every run)", { "setting", "value" }, rows)
+end
+if OPTS.only == "delete_old" then
+  bench_delete_old()
+  admin:close()
+  return
 end
 
 -- ---- defer ----
@@ -166,4 +222,5 @@ do
   })
 end
 os.remove(APP)
+bench_delete_old()
 admin:close()

@@ -165,7 +165,7 @@ describe("task options", function()
   before_each(function() app = new_app() end)
 
   it("refuses an unknown option, listing the known ones", function()
-    assert.matches(HERE .. "app:task: unknown option 'queu' %(known: aliases, lock, priority, queue, "
+    assert.matches(HERE .. "app:task: unknown option 'queu' %(known: aliases, cron, lock, priority, queue, "
       .. "queueing_lock, retry%)", error_of(function() app:task("t", { queu = "q" }, function() end) end))
   end)
 
@@ -179,8 +179,8 @@ describe("task options", function()
       { { queue = 7 }, ": queue must be a string of 1 to 40 bytes .*, got number" },
       { { aliases = "old" }, ": aliases must be a list of names" },
       { { aliases = { 5 } }, " alias: task name must be a string of 1 to 128 characters, got number" },
-      { { retry = "yes" }, ": retry must be a boolean, an integer or a table, got string" },
-      { { retry = -1 }, ": retry must be a boolean, an integer or a table, got number" },
+      { { retry = "yes" }, ": retry must be true, false, a whole number >= 0 or a table, got string" },
+      { { retry = -1 }, ": retry must be true, false, a whole number >= 0 or a table, got %-1$" },
       { { retry = { max_attempts = 1.5 } }, ": retry%.max_attempts must be an integer >= 0" },
       { { retry = { wait = -1 } }, ": retry%.wait must be a number >= 0" },
       { { retry = { tries = 3 } }, " retry: unknown option 'tries'" },

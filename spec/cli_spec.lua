@@ -63,12 +63,12 @@ end
 
 describe("tarry --help, help and version", function()
   it("print the usage on stdout and exit 0", function()
-    for _, argv in ipairs { { "--help" }, { "-h" }, { "help" }, { "worker", "--help" }, { "defer", "-h" } } do
+    for _, argv in ipairs { { "--help" }, { "-h" }, { "help" } } do
       local r = run(argv)
       assert.are.equal(0, r.code)
-      assert.matches("^usage: tarry %[%-%-conninfo CONNINFO%] COMMAND", r.out)
-      for _, command in ipairs { "worker", "defer", "schema", "healthchecks", "run", "version" } do
-        assert.matches("\n  " .. command .. " ", r.out)
+      assert.matches("^Usage: tarry %[%-h%] %[%-%-version%] %[%-%-conninfo CONNINFO%]", r.out)
+      for _, command in ipairs { "worker", "defer", "schema", "healthchecks", "run", "help", "version", "completion" } do
+        assert.matches("\n   " .. command .. " ", r.out)
       end
       assert.are.equal("", r.err)
     end
@@ -86,7 +86,7 @@ describe("tarry --help, help and version", function()
     local r = run {}
     assert.are.equal(2, r.code)
     assert.are.equal("", r.out)
-    assert.matches("^usage: tarry", r.err)
+    assert.matches("^Usage: tarry", r.err)
   end)
 end)
 
@@ -125,10 +125,10 @@ describe("tarry defer", function()
       .. "interval '35 s' FROM procrastinate_jobs ORDER BY id DESC LIMIT 1"))
   end)
 
-  it("refuses arguments PostgreSQL cannot store with an invalid_args line, exit 1", function()
+  it("refuses arguments PostgreSQL cannot store as malformed JSON arguments, exit 2", function()
     local r = run_on(ctx.name, { "defer", "add", '{"s": "a\\u0000b"}' })
-    assert.are.equal(1, r.code)
-    assert.are.equal("tarry: invalid_args: args.s: NUL byte in string at byte 2 (PostgreSQL's jsonb rejects "
+    assert.are.equal(2, r.code)
+    assert.are.equal("tarry: JSON arguments: args.s: NUL byte in string at byte 2 (PostgreSQL's jsonb rejects "
       .. "\\u0000)\n", r.err)
     assert.are.equal(0, count_jobs(ctx.name))
   end)
@@ -224,7 +224,7 @@ describe("tarry defer with a queueing lock already taken", function()
   it("succeeds with exit 0 and inserts nothing when --ignore-already-enqueued is given", function()
     local r = run_on(ctx.name, { "defer", "--queueing-lock", "once", "--ignore-already-enqueued", "add", '{"n":2}' })
     assert.are.equal(0, r.code)
-    assert.are.equal('not deferred: a add job with queueing lock "once" is already waiting\n', r.out)
+    assert.are.equal('not deferred: a job of task add with queueing lock "once" is already waiting\n', r.out)
     assert.are.equal("", r.err)
     assert.are.equal(1, count_jobs(ctx.name))
   end)
@@ -240,27 +240,27 @@ describe("a wrong command line", function()
       { { "defer", "add", "5" }, "^tarry: JSON arguments must be an object" },
       { { "defer", "add", '"text"' }, "^tarry: JSON arguments must be an object" },
       { { "defer", "add", "null" }, "^tarry: JSON arguments must be an object" },
-      { { "defer", "--bogus", "add" }, "^tarry: unknown option %-%-bogus\n$" },
-      { { "defer", "-x", "add" }, "^tarry: unknown option %-x\n$" },
-      { { "defer", "add", "--queue" }, "^tarry: option %-%-queue needs a value\n$" },
-      { { "defer", "--ignore-already-enqueued=yes", "add" }, "^tarry: option %-%-ignore%-already%-enqueued takes no value" },
-      { { "frobnicate" }, '^tarry: unknown command "frobnicate" %(try tarry %-%-help%)\n$' },
-      { { "defer" }, "^tarry: defer needs TASK and optionally JSON arguments\n$" },
-      { { "defer", "add", "{}", "extra" }, "^tarry: defer needs TASK" },
-      { { "defer", "" }, "^tarry: app:configure_task: task name must be a string of 1 to 128 characters" },
-      { { "defer", "--priority", "high", "add" }, '^tarry: %-%-priority must be an integer, got "high"\n$' },
-      { { "defer", "--priority", "99999999999", "add" }, "priority must be a 32%-bit integer" },
-      { { "defer", "--queue", string.rep("q", 41), "add" }, "queue must be a string of 1 to 40 bytes" },
-      { { "defer", "--in", "soon", "add" }, '^tarry: %-%-in must be a number of seconds, got "soon"\n$' },
-      { { "defer", "--in", "1e999", "add" }, "schedule_in must be a finite number of seconds" },
+      { { "defer", "--bogus", "add" }, "^tarry: unknown option '%-%-bogus'\n$" },
+      { { "defer", "-x", "add" }, "^tarry: unknown option '%-x'" },
+      { { "defer", "add", "--queue" }, "^tarry: option '%-%-queue' requires an argument\n$" },
+      { { "defer", "--ignore-already-enqueued=yes", "add" }, "^tarry: option '%-%-ignore%-already%-enqueued' does not take arguments" },
+      { { "frobnicate" }, "^tarry: unknown command 'frobnicate'\n$" },
+      { { "defer" }, "^tarry: missing argument 'TASK'\n$" },
+      { { "defer", "add", "{}", "extra" }, "^tarry: too many arguments\n$" },
+      { { "defer", "" }, '^tarry: TASK must be a string of 1 to 128 characters, got ""\n$' },
+      { { "defer", "--priority", "high", "add" }, "^tarry: %-%-priority must be a whole number from %-2147483648 to 2147483647, got 'high'\n$" },
+      { { "defer", "--priority", "99999999999", "add" }, "%-%-priority must be a whole number from" },
+      { { "defer", "--queue", string.rep("q", 41), "add" }, "^tarry: %-%-queue: a queue name is 1 to 40 bytes" },
+      { { "defer", "--in", "soon", "add" }, "^tarry: %-%-in must be a number of seconds >= 0, got 'soon'\n$" },
+      { { "defer", "--in", "1e999", "add" }, "^tarry: %-%-in must be a number of seconds >= 0, got '1e999'\n$" },
       { { "defer", "--in", "3", "--at", "2030-01-01", "add" }, "^tarry: give %-%-at or %-%-in, not both\n$" },
       { { "schema" }, "^tarry: schema needs exactly one of %-%-apply or %-%-read\n$" },
       { { "schema", "--apply", "--read" }, "^tarry: schema needs exactly one of" },
-      { { "run" }, "^tarry: run needs a Lua file\n$" },
+      { { "run" }, "^tarry: missing argument 'SCRIPT'\n$" },
       { { "run", "/nonexistent/script.lua" }, "^tarry: cannot load /nonexistent/script.lua: " },
     }
     for _, case in ipairs(cases) do
-      local r = run_on(ctx.name, case[1])
+      local r = case[1][1] == "run" and run(case[1]) or run_on(ctx.name, case[1])   -- run takes no --conninfo
       local what = table.concat(case[1], " ")
       assert.are.equal(2, r.code, what)
       assert.are.equal(1, r.err_lines, what .. ": " .. r.err)
@@ -349,7 +349,7 @@ describe("tarry healthchecks", function()
   it("reports the connection and the jobs table and exits 0", function()
     local r = run_on(ctx.name, { "healthchecks" })
     assert.are.equal(0, r.code)
-    assert.are.equal("Database connection: OK\nFound procrastinate_jobs table: OK\n", r.out)
+    assert.are.equal("Database connection: OK\nSchema: OK (tarry)\n", r.out)
     assert.are.equal("", r.err)
   end)
 
@@ -359,7 +359,7 @@ describe("tarry healthchecks", function()
     db.drop(bare)
     assert.are.equal(1, r.code)
     assert.are.equal("Database connection: OK\n", r.out)
-    assert.matches("procrastinate_jobs table not found", r.err)
+    assert.are.equal("tarry: schema: not found: apply it with `tarry schema --apply`\n", r.err)
     assert.are.equal(1, r.err_lines)
   end)
 end)

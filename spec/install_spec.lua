@@ -42,6 +42,39 @@ describe("an installed tarry", function()
     assert.are.equal("0.1.0\ttrue\n", out)
   end)
 
+  it("runs the Lua files of its own prefix, wherever the prefix is moved, never the source tree's", function()
+    local moved = prefix .. "-moved"
+    assert(run(string.format("cp -a %s %s", prefix, moved)))
+    local script = moved .. "/path.lua"
+    local f = assert(io.open(script, "w"))
+    f:write("io.write(package.path, '\\n', package.searchpath('tarry.cli', package.path))")
+    f:close()
+    local ok, out = run(string.format("cd / && %s/bin/tarry run %s", moved, script))
+    assert(ok, out)
+    local path, cli = out:match("^(.-)\n(.*)$")
+    assert.are.equal(moved .. "/?.lua", path:match("^[^;]*"))               -- the script's directory, then
+    assert.are.equal(moved .. "/bin/../share/lua/5.4/?.lua", path:match("^[^;]*;[^;]*;([^;]*)"))   -- tarry's
+    assert.are.equal(moved .. "/bin/../share/lua/5.4/tarry/cli.lua", cli)
+    local source = os.getenv("PWD") .. "/lua"
+    assert.is_nil(path:find(source, 1, true))
+    ok, out = run(moved .. "/bin/tarry version")
+    assert(ok, out)
+    assert.are.equal("tarry 0.1.0\n", out)
+    os.execute("rm -rf " .. moved)
+  end)
+
+  it("installs the bash, zsh and fish completions generated from the command line's parser", function()
+    for shell, file in pairs { bash = "share/bash-completion/completions/tarry", zsh = "share/zsh/vendor-completions/_tarry",
+      fish = "share/fish/vendor_completions.d/tarry.fish" } do
+      local f = assert(io.open(prefix .. "/" .. file), file)
+      local installed = f:read("a")
+      f:close()
+      local ok, out = run(prefix .. "/bin/tarry completion " .. shell)
+      assert(ok, out)
+      assert.are.equal(out, installed)
+    end
+  end)
+
   it("ships a core.so that does not link liblua (the interpreter already carries Lua)", function()
     local ok, out = run("ldd " .. prefix .. "/lib/lua/5.4/tarry/core.so")
     assert(ok, out)

@@ -359,14 +359,52 @@ describe("json_decode", function()
     assert.are.equal("invalid JSON: invalid token near 'NaN' (line 2, column 3)", decode_error "[\nNaN]")
   end)
 
-  it("raises on numbers that do not fit", function()
-    assert.are.equal("invalid JSON: too big integer near '9223372036854775808' (line 1, column 19)", decode_error "9223372036854775808")
-    assert.are.equal("invalid JSON: real number overflow near '1e400' (line 1, column 5)", decode_error "1e400")
+  it("raises on numbers a Lua value cannot hold, naming them by their path", function()
+    assert.are.equal("value: integer does not fit in 64 bits", decode_error "9223372036854775808")
+    assert.are.equal("value: integer does not fit in 64 bits", decode_error "-9223372036854775809")
+    assert.are.equal("value.n: integer does not fit in 64 bits", decode_error '{"n": 123456789012345678901234567890}')
+    assert.are.equal("value: number does not fit in a double", decode_error "1e400")
+    assert.are.equal("value[2].x[1]: number does not fit in a double", decode_error '[1, {"x": [-1.5e309]}]')
+    assert.are.equal("value[1]: number does not fit in a double", decode_error("[" .. string.rep("9", 400) .. ".5]"))
   end)
 
-  it("raises on a NUL in a key and on lone surrogates", function()
-    assert.matches("^invalid JSON: NUL byte in object key not supported", decode_error '{"a\\u0000":1}')
-    assert.matches("^invalid JSON: invalid Unicode '\\uD800'", decode_error '"\\ud800"')
+  it("names keys as the encoder does, escapes decoded", function()
+    assert.are.equal('value["my key"][2]: integer does not fit in 64 bits',
+      decode_error '{"my key": [1e2, 99999999999999999999]}')
+    assert.are.equal('value["café"]["a\\\\"]: number does not fit in a double',
+      decode_error '{"caf\\u00e9": {"a\\\\": 1e400}}')
+  end)
+
+  it("reads what still fits: int64 extremes, the largest double, underflow to zero", function()
+    assert.are.equal(math.maxinteger, decode "9223372036854775807")
+    assert.are.equal(1.7976931348623157e308, decode "1.7976931348623157e308")
+    assert.are.equal(0.0, decode "1e-400")
+    assert.are.equal(1e300, decode("1" .. string.rep("0", 300) .. ".0"))
+  end)
+
+  it("raises on nesting deeper than 512 levels, as the encoder does", function()
+    local function arrays(n) return string.rep("[", n) .. string.rep("]", n) end
+    local back = decode(arrays(512))
+    assert.is_true(core.is_array(back))
+    assert.are.equal(arrays(512), encode(back))
+    local path = "value" .. string.rep("[1]", 8) .. "..." .. string.rep("[1]", 8)
+    assert.are.equal(path .. ": nested too deep (more than 512 levels)", decode_error(arrays(513)))
+    assert.are.equal(path .. ": nested too deep (more than 512 levels)", decode_error(arrays(5000)))
+    local objects = string.rep('{"a":', 600) .. "1" .. string.rep("}", 600)
+    assert.are.equal("value" .. string.rep(".a", 8) .. "..." .. string.rep(".a", 8) ..
+      ": nested too deep (more than 512 levels)", decode_error(objects))
+  end)
+
+  it("raises on a NUL in a key and on lone surrogates, naming the place", function()
+    assert.are.equal('value.user["a\\000b"]: NUL byte in key (tarry cannot decode it)',
+      decode_error '{"user": {"a\\u0000b": 1}}')
+    assert.are.equal("value.a[1]: invalid Unicode '\\uD800' near '\"\\ud800\"'", decode_error '{"a": ["\\ud800"]}')
+    assert.matches("^value: key: invalid Unicode '\\uD800'", decode_error '{"\\ud800": 1}')
+  end)
+
+  it("keeps jansson's message, line and column, for malformed JSON", function()
+    assert.are.equal("invalid JSON: invalid token near '0' (line 1, column 7)", decode_error '{"a": 01}')
+    assert.are.equal("invalid JSON: '}' expected near end of file (line 1, column 6)", decode_error '{"a":1')
   end)
 
   it("needs a string", function()

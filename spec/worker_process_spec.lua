@@ -137,7 +137,8 @@ describe("tarry worker across a PostgreSQL restart", function()
   before_each(function() name = db.fresh() end)
   after_each(function() proc.kill_all(); db.drop(name) end)
 
-  it("reconnects, re-LISTENs and carries on; a job running meanwhile is recorded once the server is back", function()
+  it("reconnects, re-LISTENs and carries on; a job running meanwhile is recorded once the server is back;" ..
+     " the outage is logged once, and its end once", function()
     local app = proc.app_file(name, TASKS)
     local w = proc.start("worker --app " .. app .. " --fetch-job-polling-interval 600")
     local running = defer(name, "nap", '{"s": 5}')
@@ -151,7 +152,12 @@ describe("tarry worker across a PostgreSQL restart", function()
     proc.until_true(function() return status_of(name, later) == "succeeded" end, 60, "a job after the restart")
     w:signal("TERM")
     assert.are.equal(0, w:wait())
-    assert.matches("LISTEN connection lost", w:output())
+    local out = w:output()                 -- the outage is told once, and its end once
+    local _, lost = out:gsub("lost the database", "")
+    local _, back = out:gsub("the database is back after", "")
+    assert.are.equal(1, lost, out)
+    assert.are.equal(1, back, out)
+    for line in out:gmatch("[^\n]+") do assert.matches("^%d%d%d%d%-", line) end   -- one event a line
   end)
 end)
 

@@ -1,15 +1,25 @@
 --- The Lua side of tarry.App: registering tasks and reaching them. The object itself, its
 -- connector, with_connector() and the defer path are C (runtime/app.c); these methods are
 -- installed into its method table.
+-- @module tarry.app
 local core = require "tarry.core"
 local Task = require "tarry.task"
+local Jobs = require "tarry.jobs"
+local Periodic = require "tarry.periodic"
 
 local M = {}
 
 local function registry(app) return app.registry end
 
+-- A registered task, or one every app knows (the builtin retention task).
 local function lookup(reg, name)
   return reg.tasks[name] or (reg.aliases[name] and reg.tasks[reg.aliases[name]])
+    or Jobs.builtin_tasks[name] or Jobs.builtin_tasks[Jobs.builtin_aliases[name] or false]
+end
+
+local function schedules(reg)
+  reg.periodic = reg.periodic or {}
+  return reg.periodic
 end
 
 local function tasks_proxy(app)
@@ -33,12 +43,21 @@ local function tasks_proxy(app)
       end
     end,
     __newindex = function() error("app.tasks is read-only: register tasks with app:task()", 2) end,
+    __tostring = function()
+      local names = {}
+      for name in pairs(reg.tasks) do names[#names + 1] = name end
+      table.sort(names)
+      if #names == 0 then return "<tarry.tasks: none>" end
+      return string.format("<tarry.tasks %d: %s>", #names, table.concat(names, ", "))
+    end,
   })
 end
 
+--- Install the Lua-side methods (task, configure_task, defer, find_task) into the C App's method table.
 function M.install(methods)
   --- app:task(name, [opts,] fn) -> task. Options: queue, priority, lock, queueing_lock,
-  -- retry, aliases. Registering a name (or alias) twice is an error.
+  -- retry, aliases, cron (a schedule: see app:periodic). Registering a name (or alias) twice is
+  -- an error.
   function methods:task(name, opts, fn)
     if fn == nil and type(opts) == "function" then opts, fn = nil, opts end
     local def = Task.definition(name, opts, fn, 2)
@@ -47,9 +66,32 @@ function M.install(methods)
       if lookup(reg, n) or seen[n] then error(string.format("app:task: a task named %q is already registered", n), 2) end
       seen[n] = true
     end
+    if def.cron then Periodic.register(schedules(reg), def.cron, def, nil, 2) end
     reg.tasks[name] = def
     for _, a in ipairs(def.aliases) do reg.aliases[a] = name end
     return self.tasks[name]
+  end
+
+  --- app:periodic(cron, task_name, { periodic_id = "", args = {}, queue =, priority =, lock =,
+  -- queueing_lock = }) -> the schedule entry: defer task_name at every tick of `cron` (see
+  -- tarry/cron.lua), with args plus `timestamp` (the tick, unix seconds). The task must be
+  -- registered (or builtin); queue, priority and locks default to the task's. Each schedule of
+  -- one task needs its own periodic_id. A malformed cron raises at once, naming the position.
+  function methods:periodic(cron, task_name, opts)
+    local def = type(task_name) == "string" and lookup(registry(self), task_name)
+    if not def then
+      error(string.format("app:periodic: no task named %s is registered (register it with app:task first)",
+        type(task_name) == "string" and string.format("%q", task_name) or tostring(task_name)), 2)
+    end
+    return (Periodic.register(schedules(registry(self)), cron, def, opts, 2))
+  end
+
+  --- app:periodic_tasks() -> the registered schedules, in registration order: { cron=, task_name=,
+  -- periodic_id=, args=, queue=, priority=, lock=, queueing_lock=, schedule= }.
+  function methods:periodic_tasks()
+    local out = {}
+    for i, e in ipairs(schedules(registry(self))) do out[i] = e end
+    return out
   end
 
   --- app:configure_task(name, overrides) -> deferrer, also for tasks this app does not know.
@@ -73,6 +115,10 @@ function M.install(methods)
       local proxy = tasks_proxy(app)
       core.app_fields(app).tasks = proxy
       return proxy
+    elseif key == "jobs" then             -- app.jobs: the job manager (tarry/jobs.lua)
+      local manager = Jobs.new(app)
+      core.app_fields(app).jobs = manager
+      return manager
     end
   end
 end

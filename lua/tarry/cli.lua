@@ -1,273 +1,233 @@
---- The `tarry` command line. Each command's options also read a TARRY_<OPTION> environment
--- variable (--queueing-lock: TARRY_QUEUEING_LOCK); the command line wins. Exit codes: 0 done,
--- 1 the work failed (database down, job already enqueued, ...), 2 the command line is wrong.
+--- The `tarry` command line, on lua-argparse.
+--
+-- `cli.parse(argv)` turns the words after `tarry` into a command table (its `command` field names
+-- it, the other fields are its options, checked and converted) or raises a usage error; it runs
+-- nothing and opens no connection. `cli.main(argv)` parses, runs the command and returns the exit
+-- code: 0 done, 1 the work failed (database down, job already enqueued, an error of your app or
+-- script), 2 the command line (or the input it names) is wrong.
+--
+-- Each option also reads `TARRY_<OPTION>` (`--queueing-lock`: `TARRY_QUEUEING_LOCK`) when it is
+-- not on the command line.
+-- @module tarry.cli
+local argparse = require "argparse"
 local tarry = require "tarry"
-local timeparse = require "tarry.timeparse"
+local Log = require "tarry.log"
+local spec = require "tarry.cli_parser"
 
 local M = {}
 
-local USAGE = [[
-usage: tarry [--conninfo CONNINFO] COMMAND [OPTIONS]
+-- ---- errors: what the user did wrong (exit 2), what failed (exit 1), what their code raised ----
 
-commands:
-  worker --app FILE [-q a,b] [-c N]  run jobs: --one-shot --name W --no-listen-notify
-        --delete-jobs never|successful|always --shutdown-graceful-timeout S
-        --fetch-job-polling-interval S --log-format human|json -v | --log-level L
-  defer [--app FILE] TASK [JSON]   defer one job of TASK with JSON-object arguments
-        --queue Q --lock L --queueing-lock QL --priority N
-        --at ISO8601 | --in SECONDS  --ignore-already-enqueued  --unknown
-  schema --apply | --read         create tarry's (Procrastinate 3.9) schema, or print its SQL
-  healthchecks                    check the database connection and the schema
-  run FILE.lua [ARGS...]          run a Lua script inside tarry's runtime
-  version                         print tarry's version
+local UsageError = { __tostring = function(e) return "tarry: " .. e.message end }
+local Failure = { __tostring = function(e) return "tarry: " .. e.message end }
+local UserError = { __tostring = function(e) return "tarry: " .. e.message .. "\n" .. e.traceback end }
 
---conninfo (or TARRY_CONNINFO) is a libpq connection string; without it, libpq's PG*
-environment variables apply. --app FILE (or TARRY_APP) is a Lua file returning a tarry.App.
-]]
-
-local UsageError = {}
-
-local function usage_error(fmt, ...)
-  error(setmetatable({ message = string.format(fmt, ...) }, UsageError), 0)
+--- Raise a usage error (exit 2): `fmt` and its arguments as for string.format, one line.
+function M.usage_error(fmt, ...)
+  error(setmetatable({ message = string.format(fmt, ...):gsub("%s*\n%s*", "; ") }, UsageError), 0)
 end
 
---- Parse argv[first..] against a spec {name = "value"|"flag"}; positional arguments in order.
-local function parse(argv, first, spec, short)
-  local opts, pos, i = {}, {}, first
-  while i <= #argv do
-    local a = argv[i]
-    if a == "--" then
-      for j = i + 1, #argv do pos[#pos + 1] = argv[j] end
-      break
-    elseif a:sub(1, 2) == "--" and #a > 2 then
-      local name, value = a:match("^%-%-([^=]+)=(.*)$")
-      name = name or a:sub(3)
-      local kind = spec[name]
-      if not kind then usage_error("unknown option --%s", name) end
-      if kind == "flag" then
-        if value then usage_error("option --%s takes no value", name) end
-        opts[name] = true
-      else
-        if not value then
-          i = i + 1
-          value = argv[i]
-          if value == nil then usage_error("option --%s needs a value", name) end
-        end
-        opts[name] = value
-      end
-    elseif short and short[a:sub(2, 2)] and #a >= 2 and a:sub(2, 2) ~= "-" then
-      local name = short[a:sub(2, 2)]                -- -c 10, -c10, -v
-      if spec[name] == "flag" then
-        if #a > 2 then usage_error("option %s takes no value", a:sub(1, 2)) end
-        opts[name] = true
-      else
-        local value = #a > 2 and a:sub(3) or argv[i + 1]
-        if #a == 2 then i = i + 1 end
-        if value == nil then usage_error("option %s needs a value", a) end
-        opts[name] = value
-      end
-    elseif a:sub(1, 1) == "-" and #a > 1 and not tonumber(a) then
-      usage_error("unknown option %s", a)
-    else
-      pos[#pos + 1] = a
-    end
-    i = i + 1
+--- Raise a failure of the work (exit 1) with a one-line message.
+function M.failure(fmt, ...)
+  error(setmetatable({ message = string.format(fmt, ...):gsub("%s*\n%s*", " ") }, Failure), 0)
+end
+
+--- true when e was raised by `usage_error` (what `parse` raises on a wrong command line).
+function M.is_usage_error(e) return getmetatable(e) == UsageError end
+
+-- The directory holding tarry's own Lua files: their frames are not the user's business.
+local OWN = debug.getinfo(1, "S").source:match("^@(.*/)cli%.lua$")
+
+local function own_frame(info)
+  return info.what == "C" or (OWN ~= nil and info.source:sub(2, #OWN + 1) == OWN)
+end
+
+local function frame_text(info)
+  local where
+  if info.what == "main" then where = "main chunk"
+  elseif info.namewhat ~= "" then
+    where = string.format("%s '%s'", info.namewhat == "global" and "function" or info.namewhat, info.name)
+  else where = string.format("function <%s:%d>", info.short_src, info.linedefined) end
+  return string.format("\t%s:%d: in %s", info.short_src, info.currentline, where)
+end
+
+-- The traceback of the user's code only (an xpcall handler's caller's frames, tarry's left out).
+local function user_traceback()
+  local lines = { "stack traceback:" }
+  for level = 3, 200 do
+    local info = debug.getinfo(level, "Sln")
+    if not info then break end
+    if not own_frame(info) then lines[#lines + 1] = frame_text(info) end
   end
-  for name, kind in pairs(spec) do           -- TARRY_* variables fill what the command line left out
-    if opts[name] == nil then
-      local env = os.getenv("TARRY_" .. name:upper():gsub("%-", "_"))
-      if env and env ~= "" then
-        if kind == "flag" then opts[name] = env ~= "0" and env:lower() ~= "false" else opts[name] = env end
-      end
-    end
+  return table.concat(lines, "\n")
+end
+
+-- assert() would add nothing to a table error; unwrap what xpcall returns.
+local function unwrap(ok, ...)
+  if not ok then error((...), 0) end
+  return ...
+end
+--- Call fn(...) as the user's code: an error it raises becomes a UserError (exit 1) carrying the
+-- user's message and the user's frames of the traceback.
+function M.call_user(fn, ...)
+  local function handler(e)
+    return setmetatable({ message = Log.error_text(e), traceback = user_traceback() }, UserError)
   end
-  return opts, pos
-end
-M.parse = parse
-M.usage_error = usage_error
-
-local function connector(global)
-  return tarry.PgConnector{ conninfo = global.conninfo }
+  return unwrap(xpcall(fn, handler, ...))
 end
 
-local function load_app(path)
+-- ---- parsing ----
+
+--- The argparse parser of the whole command line (built by tarry.cli_parser). `on_help(parser)`
+-- is called when -h/--help is met; it must raise (parsing stops there).
+function M.parser(on_help)
+  return spec.build(argparse, on_help)
+end
+
+local HELP = "\0tarry-help\0"   -- raised by the help action, through argparse, to stop parsing
+
+-- Words after the script of `tarry run` are the script's: cut them off before argparse sees them.
+local function split_run(argv)
+  local i = 1
+  while argv[i] and argv[i]:sub(1, 1) == "-" and argv[i] ~= "--" do
+    i = i + ((argv[i] == "--conninfo") and 2 or 1)
+  end
+  if argv[i] == "--" then i = i + 1 end
+  if argv[i] ~= "run" then return argv, nil end
+  local j = i + 1
+  while argv[j] == "-h" or argv[j] == "--help" do j = j + 1 end
+  if argv[j] == "--" then j = j + 1 end
+  if argv[j] == nil or (argv[j]:sub(1, 1) == "-" and argv[j - 1] ~= "--") then return argv, nil end
+  local head, rest = {}, {}
+  for k = 1, #argv do
+    if k <= j then head[#head + 1] = argv[k] else rest[#rest + 1] = argv[k] end
+  end
+  return head, rest
+end
+
+--- Parse the command line (`argv[1..n]`, the words after `tarry`) into a command table
+-- `{ command = "defer", task = "add", args = {...}, queue = "q", ... }`, filling what is missing
+-- from `TARRY_*` variables and checking every value. `tarry CMD --help` and `tarry help CMD`
+-- give `{ command = "help", topic = "CMD" }`. Raises a usage error; runs nothing.
+-- @tparam table argv the words
+-- @treturn table the command
+function M.parse(argv)
+  local words, script_args = split_run(argv)
+  local help_for
+  local parser = M.parser(function(p) help_for = p; error(HELP, 0) end)
+  local ok, ok2, result = pcall(parser.pparse, parser, spec.join_negative(words))
+  if help_for then return { command = "help", topic = spec.topic_of(help_for) } end
+  if not ok then error(ok2, 0) end                      -- a bug of the parser's definition
+  if not ok2 then M.usage_error("%s", result) end
+  result.script_args = script_args
+  return spec.finish(result, M.usage_error)
+end
+
+-- ---- running ----
+
+local function print_help(topic, stream)
+  local parser = M.parser(function() end)
+  local target = parser
+  if topic then
+    for _, c in ipairs(parser._commands) do if c._name == topic then target = c end end
+  end
+  stream:write(target:get_help(), "\n")
+end
+
+--- The app a Lua file returns, loaded as the user's code; the file's directory goes first on
+-- package.path, so the app can require the modules beside it.
+function M.load_app(path)
   local chunk, err = loadfile(path)
-  if not chunk then usage_error("cannot load --app %s: %s", path, err) end
-  local app = chunk()
-  if type(app) ~= "userdata" or not tostring(app):match("^<tarry%.App") then
-    usage_error("--app %s must return a tarry.App (it returned %s)", path, type(app))
+  if not chunk then M.usage_error("cannot load --app %s: %s", path, err) end
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+  local app = M.call_user(chunk)
+  local mt = getmetatable(app)
+  if type(mt) ~= "table" or mt.__name ~= "tarry.App" then
+    M.usage_error("--app %s must return a tarry.App (it returned %s)", path,
+      type(mt) == "table" and mt.__name or type(app))
   end
   return app
 end
 
-M.load_app = load_app
+local function connector_type(c)
+  local mt = getmetatable(c)
+  return type(mt) == "table" and mt.__name or type(c)
+end
+M.connector_type = connector_type
 
-local function decode_args(text)
-  local ok, value = pcall(tarry.json.decode, text)
-  if not ok then usage_error("JSON arguments are malformed: %s", tostring(value):gsub("\n", " ")) end
-  if type(value) ~= "table" or tarry.is_array(value) then
-    usage_error("JSON arguments must be an object, like '{\"a\": 1}'")
+--- The app a command works with: the --app file's, or one on a PgConnector. A conninfo given to
+-- the CLI (--conninfo or TARRY_CONNINFO) replaces the conninfo of the app's connector (same type),
+-- and `note(text)` says so: the CLI never silently uses another database than it was told.
+function M.app_for(cmd, note)
+  if not cmd.app then return tarry.App{ connector = tarry.PgConnector{ conninfo = cmd.conninfo } } end
+  local app = M.load_app(cmd.app)
+  if cmd.conninfo == nil then return app end
+  local kind = connector_type(app.connector)
+  local make = ({ ["tarry.PgConnector"] = tarry.PgConnector, ["tarry.SyncPgConnector"] = tarry.SyncPgConnector })[kind]
+  if not make then
+    M.usage_error("--conninfo (or TARRY_CONNINFO) cannot apply to the %s of --app %s", kind, cmd.app)
   end
-  return value
+  local replaced = app:with_connector(make{ conninfo = cmd.conninfo })
+  note(string.format("using the conninfo of %s (%s) instead of the app's %s", cmd.conninfo_from,
+    (tostring(replaced.connector):match("^<%S+ (.-), ") or "?"), tostring(app.connector)))
+  return replaced
 end
 
-local function integer_option(opts, name)
-  if opts[name] == nil then return nil end
-  local n = math.tointeger(tonumber(opts[name]))
-  if not n then usage_error("--%s must be an integer, got %q", name, opts[name]) end
-  return n
-end
-
-local function schedule(opts)
-  if opts.at and opts["in"] then usage_error("give --at or --in, not both") end
-  if opts.at then
-    local t, err = timeparse.iso8601(opts.at)
-    if not t then usage_error("--at: %s", err) end
-    return { schedule_at = t }
+local function cmd_run(cmd)
+  if cmd.conninfo_from == "--conninfo" then
+    M.usage_error("--conninfo does not apply to run: the script makes its own connectors (it can read TARRY_CONNINFO)")
   end
-  if opts["in"] then
-    local s = tonumber(opts["in"])
-    if not s or s ~= s then usage_error("--in must be a number of seconds, got %q", opts["in"]) end
-    return { schedule_in = s }
-  end
-  return {}
-end
-
-local DEFER_SPEC = { app = "value", queue = "value", lock = "value", ["queueing-lock"] = "value",
-  priority = "value", at = "value", ["in"] = "value", ["ignore-already-enqueued"] = "flag",
-  unknown = "flag" }
-
-local function cmd_defer(argv, first, global)
-  local opts, pos = parse(argv, first, DEFER_SPEC)
-  if #pos < 1 or #pos > 2 then usage_error("defer needs TASK and optionally JSON arguments") end
-  local task_name, args = pos[1], decode_args(pos[2] or "{}")
-  local app = opts.app and load_app(opts.app) or tarry.App{ connector = connector(global) }
-  if opts.app and not app:find_task(task_name) and not opts.unknown then
-    usage_error("task %q is not in %s (pass --unknown to defer it anyway)", task_name, opts.app)
-  end
-  local overrides = schedule(opts)
-  overrides.queue, overrides.lock = opts.queue, opts.lock
-  overrides.queueing_lock, overrides.priority = opts["queueing-lock"], integer_option(opts, "priority")
-  -- A bad option value (empty task name, 41-byte queue, priority out of range) is a wrong command line.
-  local valid, deferrer = pcall(app.configure_task, app, task_name, overrides)
-  if not valid then usage_error("%s", tostring(deferrer)) end
-  local ok, res = pcall(deferrer.defer, deferrer, args)
-  if ok then
-    print(string.format("deferred job %d: %s %s", res, task_name, tarry.json.encode(args)))
-    return 0
-  end
-  if tarry.is_error(res) and res.code == "already_enqueued" and opts["ignore-already-enqueued"] then
-    print(string.format("not deferred: a %s job with queueing lock %q is already waiting", task_name,
-      tostring(overrides.queueing_lock)))
-    return 0
-  end
-  error(res, 0)
-end
-
-local function cmd_schema(argv, first, global)
-  local opts = parse(argv, first, { apply = "flag", read = "flag" })
-  local schema = require "tarry.schema"
-  if opts.apply == opts.read then usage_error("schema needs exactly one of --apply or --read") end
-  if opts.read then io.write(schema.sql()); return 0 end
-  local conn = tarry.SyncPgConnector{ conninfo = global.conninfo, max_size = 1 }
-  local state, which = schema.apply(conn)
-  conn:close()
-  if state == "applied" then print("schema applied") else print("schema already present (" .. tostring(which) .. "): nothing changed") end
-  return 0
-end
-
-local function cmd_healthchecks(argv, first, global)
-  parse(argv, first, {})
-  local conn = tarry.SyncPgConnector{ conninfo = global.conninfo, max_size = 1 }
-  conn:execute("SELECT 1")
-  print("Database connection: OK")
-  local rows = conn:execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present")
-  conn:close()
-  if not rows[1].present then
-    io.stderr:write("tarry: procrastinate_jobs table not found: apply the schema with `tarry schema --apply`\n")
-    return 1
-  end
-  print("Found procrastinate_jobs table: OK")
-  return 0
-end
-
-local function cmd_run(argv, first)
-  local file = argv[first]
-  if not file then usage_error("run needs a Lua file") end
-  local chunk, err = loadfile(file)
-  if not chunk then usage_error("cannot load %s: %s", file, err) end
-  local script_arg = { [0] = file }
-  for i = first + 1, #argv do script_arg[#script_arg + 1] = argv[i] end
+  local chunk, err = loadfile(cmd.script)
+  if not chunk then M.usage_error("cannot load %s: %s", cmd.script, err) end
+  local script_arg = { [0] = cmd.script, table.unpack(cmd.script_args or {}) }
+  local dir = cmd.script:match("^(.*)/[^/]*$") or "."
+  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
   _G.arg = script_arg
-  local rv = chunk(table.unpack(script_arg))
-  if math.type(rv) == "integer" then return rv end
-  return 0
+  local rv = M.call_user(chunk, table.unpack(script_arg))
+  return math.type(rv) == "integer" and rv or 0
 end
 
-local function cmd_worker(argv, first)
-  return require("tarry.cli_worker").run(M, argv, first)
-end
-
-local COMMANDS = { worker = cmd_worker, defer = cmd_defer, schema = cmd_schema, healthchecks = cmd_healthchecks, run = cmd_run }
-
--- --conninfo may stand anywhere (before or after the command); take it out of argv.
-local function take_conninfo(argv)
-  local rest, conninfo, i = { [0] = argv[0] }, nil, 1
-  while i <= #argv do
-    local a = argv[i]
-    if a == "--" then
-      for j = i, #argv do rest[#rest + 1] = argv[j] end
-      break
-    elseif a == "--conninfo" then
-      conninfo = argv[i + 1]
-      if conninfo == nil then usage_error("--conninfo needs a value") end
-      i = i + 1
-    elseif a:match("^%-%-conninfo=") then
-      conninfo = a:match("^%-%-conninfo=(.*)$")
-    else
-      rest[#rest + 1] = a
-    end
-    i = i + 1
-  end
-  return rest, conninfo
-end
+local COMMANDS = {
+  defer = function(cmd) return require("tarry.cli_defer").run(M, cmd) end,
+  worker = function(cmd) return require("tarry.cli_worker").run(M, cmd) end,
+  schema = function(cmd) return require("tarry.cli_admin").schema(M, cmd) end,
+  healthchecks = function(cmd) return require("tarry.cli_admin").healthchecks(M, cmd) end,
+  run = cmd_run,
+  help = function(cmd)
+    if cmd.missing then print_help(nil, io.stderr); return 2 end
+    print_help(cmd.topic, io.stdout)
+    return 0
+  end,
+  version = function() print("tarry " .. tarry.version); return 0 end,
+  completion = function(cmd)
+    local parser = M.parser(function() end)
+    io.write(parser["get_" .. cmd.shell .. "_complete"](parser))
+    return 0
+  end,
+}
 
 local function dispatch(argv)
-  local global, i = {}, 1
-  argv, global.conninfo = take_conninfo(argv)
-  while argv[i] and argv[i]:sub(1, 1) == "-" do
-    local a = argv[i]
-    if a == "--help" or a == "-h" then io.write(USAGE); return 0 end
-    if a == "--version" then print("tarry " .. tarry.version); return 0 end
-    usage_error("unknown option %s", a)
-  end
-  global.conninfo = global.conninfo or os.getenv("TARRY_CONNINFO")
-  for j = i + 1, #argv do                  -- `tarry worker --help` and the like
-    if argv[j] == "--" then break end
-    if argv[j] == "--help" or argv[j] == "-h" then io.write(USAGE); return 0 end
-  end
-  local name = argv[i]
-  if name == nil then io.stderr:write(USAGE); return 2 end
-  if name == "help" then io.write(USAGE); return 0 end
-  if name == "version" then print("tarry " .. tarry.version); return 0 end
-  local cmd = COMMANDS[name]
-  if not cmd then usage_error("unknown command %q (try tarry --help)", name) end
-  return cmd(argv, i + 1, global)
+  local cmd = M.parse(argv)
+  return COMMANDS[cmd.command](cmd)
 end
 
---- Entry point of the executable: returns the exit code.
+--- Entry point of the executable: runs the command line `argv` and returns the exit code.
+-- @tparam table argv the words after `tarry`
+-- @treturn integer the exit code
 function M.main(argv)
   local ok, res = pcall(dispatch, argv)
   if ok then return res or 0 end
-  if getmetatable(res) == UsageError then
-    io.stderr:write("tarry: ", res.message, "\n")
-    return 2
+  local mt = getmetatable(res)
+  if mt == UsageError or mt == Failure or mt == UserError then
+    io.stderr:write(tostring(res), "\n")
+    return mt == UsageError and 2 or 1
   end
   if tarry.is_error(res) then                -- one line, even for libpq's multi-line messages
     io.stderr:write((tostring(res):gsub("%s*\n%s*", " ")), "\n")
     return 1
   end
-  error(res, 0)
+  error(res, 0)                              -- a bug of tarry's: main.c prints its traceback
 end
 
 return M

@@ -7,6 +7,7 @@
 --
 -- The mechanism (the app object, connectors, the defer path, the loop) is C, in tarry.core;
 -- this file and its siblings add the Lua-side policy and sugar.
+-- @module tarry
 local core = require "tarry.core"
 local app_methods = require "tarry.app"
 local memory = require "tarry.memory"
@@ -55,5 +56,13 @@ function tarry.App(opts)
   end
   return core.App(opts.connector)
 end
+
+-- In a REPL: <tarry 0.1.0: App, Event, MemoryConnector, PgConnector, SyncPgConnector, ...>
+setmetatable(tarry, { __name = "tarry", __tostring = function(t)
+  local names = {}
+  for k in pairs(t) do names[#names + 1] = k end
+  table.sort(names)
+  return string.format("<tarry %s: %s>", t.version, table.concat(names, ", "))
+end })
 
 return tarry

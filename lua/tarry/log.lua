@@ -1,4 +1,5 @@
 --- The worker's log: one line per event, human-readable or JSON lines, filtered by level.
+-- @module tarry.log
 local core = require "tarry.core"
 
 local LEVELS = { debug = 10, info = 20, warning = 30, error = 40 }
@@ -6,7 +7,9 @@ local LEVELS = { debug = 10, info = 20, warning = 30, error = 40 }
 local Log = {}
 Log.__index = Log
 
---- log.new{ format = "human"|"json", level = "info", stream = io.stderr }
+--- A new log.
+-- @tparam[opt] table opts `{ format = "human"|"json", level = "info", stream = io.stderr }`
+-- @return the log
 function Log.new(opts)
   opts = opts or {}
   local level = opts.level or "info"
@@ -24,10 +27,30 @@ local function timestamp()
   return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. string.format(".%03dZ", math.floor(t % 1 * 1000))
 end
 
+--- true when lines of `level` are written (to skip building a costly message).
 function Log:enabled(level) return LEVELS[level] >= self.min end
 
---- log:write(level, event, message, fields): fields go into JSON lines; `traceback` is printed
--- under the human line.
+--- What an error value says, as one readable text: a string as it is, a value with `__tostring`
+-- through it, a plain table as `a table: {json}`, nil as `nil (error() without a message)`.
+-- @param e any error value
+-- @treturn string
+function Log.error_text(e)
+  if type(e) == "string" then return e end
+  if e == nil then return "nil (error() without a message)" end
+  local mt = getmetatable(e)
+  if type(mt) == "table" and mt.__tostring then return tostring(e) end
+  if type(e) == "table" then
+    local ok, json = pcall(core.json_encode, e)
+    return "a table: " .. (ok and json or tostring(e))
+  end
+  return string.format("a %s: %s", type(e), tostring(e))
+end
+
+--- Write one line: `fields` go into JSON lines; `fields.traceback` is printed under the human line.
+-- @tparam string level debug, info, warning or error
+-- @tparam string event a stable name (job_started, fetch_failed, ...)
+-- @tparam string message the human text
+-- @tparam[opt] table fields
 function Log:write(level, event, message, fields)
   if LEVELS[level] < self.min then return end
   if self.format == "json" then
@@ -46,6 +69,13 @@ function Log:write(level, event, message, fields)
   end
 end
 
+--- `log:debugf(event, fmt, ...)`: a debug line whose message is formatted only when debug is on.
+function Log:debugf(event, fmt, ...)
+  if LEVELS.debug >= self.min then self:write("debug", event, string.format(fmt, ...)) end
+end
+
+-- log:debug(event, message, fields), log:info(...), log:warning(...), log:error(...): Log:write
+-- at that level.
 for name in pairs(LEVELS) do
   Log[name] = function(self, event, message, fields) return self:write(name, event, message, fields) end
 end

@@ -1,6 +1,9 @@
---- The worker's job store on PostgreSQL: the protocol's functions, batched. Only the
--- procrastinate_* functions are used, so a schema applied by Procrastinate works unchanged.
--- Every method runs through connector:execute, so inside a tarry coroutine it yields.
+--- The job store on PostgreSQL (the interface is documented in tarry/store.lua): the protocol's
+-- functions, batched for the worker, and the statements of PROTOCOL.md section 6.2 for the
+-- manager. Only procrastinate_* objects are required, so a schema applied by Procrastinate works
+-- unchanged; tarry_* functions are used when the schema has them. Every method runs through
+-- connector:execute, so inside a tarry coroutine it yields.
+-- @module tarry.pg_jobs
 local PgJobs = {}
 PgJobs.__index = PgJobs
 
@@ -38,8 +41,19 @@ SELECT to_regprocedure('tarry_fetch_jobs_v1(character varying[], bigint, integer
    AND to_regprocedure('tarry_finish_jobs_v1(bigint[], procrastinate_job_status[], boolean[], double precision[])')
        IS NOT NULL AS fast]]
 
+--- The job store of a PgConnector.
 function PgJobs.new(connector)
-  return setmetatable({ connector = connector, fetch_sql = FETCH, finish_sql = FINISH }, PgJobs)
+  return setmetatable({ connector = connector, fetch_sql = FETCH, finish_sql = FINISH, functions = {} }, PgJobs)
+end
+
+--- true when the database has the function of this signature (asked once per store).
+function PgJobs:has_function(signature)
+  local known = self.functions[signature]
+  if known == nil then
+    known = self.connector:execute("SELECT to_regprocedure($1) IS NOT NULL AS present", signature)[1].present
+    self.functions[signature] = known
+  end
+  return known
 end
 
 local function array_literal(list, fmt)
@@ -56,7 +70,20 @@ function PgJobs.queues_literal(queues)
   return array_literal(queues, quoted)
 end
 
+-- The worker refuses a database whose schema lacks something it needs, naming it, instead of
+-- failing on every fetch.
+local function check_schema(connector)
+  local schema = require "tarry.schema"
+  local state, missing = schema.inspect(connector)
+  if state == "tarry" or state == "procrastinate" then return end
+  local what = state == "absent" and "the database has no tarry schema (apply it with `tarry schema --apply`)"
+    or "the database's schema is incomplete, missing: " .. table.concat(missing, ", ")
+  error(require("tarry.core").error("schema", what), 0)
+end
+
+--- Register the worker (after checking the schema and pruning stalled workers); returns its id.
 function PgJobs:register(stalled_after)
+  check_schema(self.connector)
   if self.connector:execute(HAS_FAST)[1].fast then
     self.fetch_sql, self.finish_sql, self.fast = FAST_FETCH, FAST_FINISH, true
   end
@@ -64,10 +91,12 @@ function PgJobs:register(stalled_after)
   return self.connector:execute("SELECT worker_id FROM procrastinate_register_worker_v1()")[1].worker_id
 end
 
+--- Unregister the worker.
 function PgJobs:unregister(worker_id)
   self.connector:execute("SELECT procrastinate_unregister_worker_v1($1)", worker_id)
 end
 
+--- Record the worker's heartbeat.
 function PgJobs:heartbeat(worker_id)
   self.connector:execute("SELECT procrastinate_update_heartbeat_v1($1)", worker_id)
 end
@@ -98,6 +127,162 @@ function PgJobs:listen(queues)
     for i, q in ipairs(queues) do channels[i] = "procrastinate_queue_v1#" .. q end
   end
   return self.connector:listen(channels)
+end
+
+-- ---- the manager's part ----
+
+local JOB_COLUMNS = [[
+id, task_name, queue_name AS queue, priority, lock, queueing_lock, args, status::text AS status,
+extract(epoch FROM scheduled_at)::float8 AS scheduled_at, attempts, abort_requested, worker_id]]
+
+local GET_JOB = "SELECT " .. JOB_COLUMNS .. " FROM procrastinate_jobs WHERE id = $1"
+local JOB_EVENTS = [[
+SELECT id, type::text AS type, extract(epoch FROM at)::float8 AS at
+FROM procrastinate_events WHERE job_id = $1 ORDER BY id]]
+
+-- A NULL filter is no filter (each statement is planned with its actual parameters, so the
+-- planner drops the disabled ones). Keyset pagination on the primary key.
+local LIST_JOBS = "SELECT " .. JOB_COLUMNS .. [[ FROM procrastinate_jobs
+WHERE ($1::varchar IS NULL OR queue_name = $1) AND ($2::varchar IS NULL OR task_name = $2)
+  AND ($3::procrastinate_job_status[] IS NULL OR status = ANY ($3)) AND ($4::text IS NULL OR lock = $4)
+  AND ($5::text IS NULL OR queueing_lock = $5) AND ($6::bigint IS NULL OR worker_id = $6)
+  AND ($7::bigint IS NULL OR id > $7)
+ORDER BY id LIMIT $8]]
+
+-- Counts per status, grouped by one column (%s: a column of the fixed list below).
+local COUNTS = [[
+SELECT name, sum(n)::bigint AS jobs_count, json_object_agg(status, n) AS stats
+FROM (SELECT %s AS name, status::text AS status, count(*) AS n FROM procrastinate_jobs
+      WHERE ($1::varchar IS NULL OR queue_name = $1) AND ($2::varchar IS NULL OR task_name = $2)
+        AND ($3::procrastinate_job_status[] IS NULL OR status = ANY ($3)) AND ($4::text IS NULL OR lock = $4)
+        AND %s IS NOT NULL
+      GROUP BY 1, 2) AS s
+GROUP BY name ORDER BY name]]
+local GROUP_COLUMNS = { queue = "queue_name", task = "task_name", lock = "lock" }
+
+-- The running jobs of each worker, through the partial index on (worker_id) of doing jobs.
+local WORKERS = [[
+SELECT w.id, extract(epoch FROM w.last_heartbeat)::float8 AS last_heartbeat,
+       extract(epoch FROM now() - w.last_heartbeat)::float8 AS heartbeat_age,
+       (SELECT count(*) FROM procrastinate_jobs AS j WHERE j.worker_id = w.id AND j.status = 'doing') AS doing
+FROM procrastinate_workers AS w ORDER BY w.id]]
+
+-- PROTOCOL.md 6.2 select_stalled_jobs_by_heartbeat (ordered, for stable listings).
+local STALLED = "SELECT " .. JOB_COLUMNS .. [[ FROM procrastinate_jobs
+WHERE status = 'doing' AND ($2::varchar IS NULL OR queue_name = $2) AND ($3::varchar IS NULL OR task_name = $3)
+  AND (worker_id IS NULL OR worker_id IN (
+       SELECT id FROM procrastinate_workers WHERE last_heartbeat < now() - make_interval(secs => $1::float8)))
+ORDER BY id]]
+
+local CANCEL = "SELECT procrastinate_cancel_job_v1($1::bigint, $2::boolean, $3::boolean) AS id"
+local RETRY = [[
+SELECT procrastinate_retry_job_v2($1::bigint, coalesce(to_timestamp($2::float8), now()), $3::integer,
+                                  $4::varchar, $5::varchar)]]
+local STATUS = "SELECT status::text AS status FROM procrastinate_jobs WHERE id = $1"
+
+-- PROTOCOL.md 6.2 delete_old_jobs: a job's age is that of its latest event (a scheduled event
+-- counts at its planned time); jobs without events stay.
+-- Latest event older than the cutoff = an event older than it and none since, so the search starts
+-- from the old events (tarry_events_at_idx_v1): a run that finds little to delete reads little.
+local DELETE_OLD = [[
+WITH old AS (
+  SELECT j.id FROM procrastinate_jobs AS j
+  WHERE j.id IN (SELECT e.job_id FROM procrastinate_events AS e
+                 WHERE e.at < now() - $1::float8 * interval '1 hour')
+    AND j.status = ANY ($3::procrastinate_job_status[]) AND ($2::varchar IS NULL OR j.queue_name = $2)
+    AND NOT EXISTS (SELECT 1 FROM procrastinate_events AS e
+                    WHERE e.job_id = j.id AND e.at >= now() - $1::float8 * interval '1 hour')
+), gone AS (
+  DELETE FROM procrastinate_jobs AS j USING old WHERE j.id = old.id RETURNING 1
+)
+SELECT count(*) AS n FROM gone]]
+
+local PERIODIC_ARGS = "$1::varchar, $2::varchar, $3::varchar, $4::varchar, $5::integer, $6::varchar, $7::bigint, $8::jsonb"
+-- tarry_defer_periodic_job_v1 (schema.sql) serialises the callers of one periodic task and skips
+-- a tick older than the newest marker. Without it, the same check guards the protocol function.
+local DEFER_PERIODIC_TARRY = "SELECT tarry_defer_periodic_job_v1(" .. PERIODIC_ARGS .. ") AS id"
+local DEFER_PERIODIC = "SELECT procrastinate_defer_periodic_job_v2(" .. PERIODIC_ARGS .. [[) AS id
+WHERE NOT EXISTS (SELECT 1 FROM procrastinate_periodic_defers
+                  WHERE task_name = $4 AND periodic_id = $6 AND defer_timestamp >= $7
+                    AND defer_timestamp <= extract(epoch FROM now())::bigint + 60)]]
+local TARRY_PERIODIC = "tarry_defer_periodic_job_v1(character varying, character varying, character varying, "
+  .. "character varying, integer, character varying, bigint, jsonb)"
+local LAST_TICK = [[
+SELECT max(defer_timestamp) AS tick FROM procrastinate_periodic_defers WHERE task_name = $1 AND periodic_id = $2]]
+
+local function statuses_literal(list)
+  if list == nil then return nil end
+  return array_literal(list, tostring)
+end
+
+function PgJobs:get_job(id)
+  return self.connector:execute(GET_JOB, id)[1]
+end
+
+function PgJobs:job_events(id)
+  return self.connector:execute(JOB_EVENTS, id)
+end
+
+function PgJobs:list_jobs(f)
+  return self.connector:execute(LIST_JOBS, f.queue, f.task, statuses_literal(f.status), f.lock,
+    f.queueing_lock, f.worker_id, f.after_id, f.limit)
+end
+
+function PgJobs:cancel_job(id, abort, delete)
+  return self.connector:execute(CANCEL, id, abort and true or false, delete and true or false)[1].id
+end
+
+-- The protocol function's own refusal (P0001), and a failed job that keeps its abort flag (23514).
+local RETRY_REFUSALS = { P0001 = "invalid_status", ["23514"] = "abort_requested" }
+
+function PgJobs:retry_job(id, at, priority, queue, lock)
+  local ok, err = pcall(self.connector.execute, self.connector, RETRY, id, at, priority, queue, lock)
+  if not ok then
+    local why = type(err) == "table" and RETRY_REFUSALS[err.sqlstate]
+    if why then return nil, why end
+    error(err, 0)
+  end
+  return self.connector:execute(STATUS, id)[1].status
+end
+
+function PgJobs:counts(by, f)
+  local column = assert(GROUP_COLUMNS[by], "counts: by must be queue, task or lock")
+  return self.connector:execute(string.format(COUNTS, column, column), f.queue, f.task,
+    statuses_literal(f.status), f.lock)
+end
+
+function PgJobs:workers()
+  return self.connector:execute(WORKERS)
+end
+
+function PgJobs:stalled(seconds, queue, task)
+  return self.connector:execute(STALLED, seconds, queue, task)
+end
+
+PgJobs.DELETE_OLD = DELETE_OLD     -- the specs check its plan
+
+function PgJobs:delete_old(max_hours, queue, statuses)
+  return self.connector:execute(DELETE_OLD, max_hours, queue, statuses_literal(statuses))[1].n
+end
+
+function PgJobs:defer_periodic(job, periodic_id, tick)
+  local args = {}
+  for k, v in pairs(job.args or {}) do args[k] = v end
+  args.timestamp = tick
+  local sql = self:has_function(TARRY_PERIODIC) and DEFER_PERIODIC_TARRY or DEFER_PERIODIC
+  local ok, rows = pcall(self.connector.execute, self.connector, sql, job.queue, job.lock, job.queueing_lock,
+    job.task_name, job.priority or 0, periodic_id or "", tick, args)
+  if not ok then
+    if type(rows) == "table" and rows.code == "already_enqueued" then return nil, "already_enqueued" end
+    error(rows, 0)
+  end
+  local id = rows[1] and rows[1].id
+  if id == nil then return nil, "already_deferred" end
+  return id
+end
+
+function PgJobs:last_tick(task_name, periodic_id)
+  return self.connector:execute(LAST_TICK, task_name, periodic_id or "")[1].tick
 end
 
 return PgJobs

@@ -1,6 +1,7 @@
 --- Retry strategies, as Procrastinate's: after a failure with `attempts` earlier tries, retry
 -- unless attempts >= max_attempts, after wait + linear_wait*attempts + exponential_wait^(attempts+1)
 -- seconds. `retry_errors`, when given, is a function(err) -> boolean choosing which errors retry.
+-- @module tarry.retry
 local M = {}
 
 --- The delay in seconds before the next try, or nil when the job should not be retried.

@@ -1,5 +1,6 @@
 --- tarry.schema: the text of tarry's database schema (schema.sql beside this file), and a check
 --- of what a database already holds, so that tarry applies the schema only to an empty database.
+--- @module tarry.schema
 ---
 --- `conn` is any object with `conn:execute(sql, ...)` returning rows as arrays of tables keyed by
 --- column name (raising on a database error); multi-statement SQL is allowed without parameters.
@@ -73,6 +74,16 @@ local TARRY_TRIGGERS = {
   { "trigger", "tarry_jobs_update_events" },
   { "trigger", "tarry_jobs_unlink_periodic_defers" },
 }
+-- tarry's own functions: a "tarry" schema is complete only with them (they are not looked at to
+-- tell an empty database, nor a schema Procrastinate applied, which has none of them).
+local TARRY_FUNCTIONS = {
+  { "function", "tarry_jobs_insert_events", "" },
+  { "function", "tarry_jobs_note_abort_requested_set", "" },
+  { "function", "tarry_jobs_update_events", "" },
+  { "function", "tarry_fetch_jobs_v1", "target_queue_names character varying[], p_worker_id bigint, max_jobs integer" },
+  { "function", "tarry_finish_jobs_v1", "job_ids bigint[], end_statuses procrastinate_job_status[], "
+      .. "delete_jobs boolean[], retry_at_epochs double precision[]" },
+}
 local PROCRASTINATE_TRIGGERS = {
   { "trigger", "procrastinate_jobs_notify_queue_job_inserted_v1" },
   { "trigger", "procrastinate_jobs_notify_queue_job_aborted_v1" },
@@ -120,7 +131,7 @@ end
 -- Returns { [label] = true } for the objects (of all three lists) that exist.
 local function present_objects(conn)
   local all = {}
-  for _, list in ipairs({ CORE, TARRY_TRIGGERS, PROCRASTINATE_TRIGGERS }) do
+  for _, list in ipairs({ CORE, TARRY_TRIGGERS, TARRY_FUNCTIONS, PROCRASTINATE_TRIGGERS }) do
     for _, object in ipairs(list) do all[#all + 1] = object end
   end
   local values, cases = {}, {}
@@ -171,7 +182,11 @@ function schema.inspect(conn)
   if #missing_core > 0 then
     return "partial", missing_core
   end
-  if #missing_tarry == 0 and not has_procrastinate then return "tarry" end
+  if #missing_tarry == 0 and not has_procrastinate then
+    local missing_functions = missing_from(TARRY_FUNCTIONS, present)
+    if #missing_functions > 0 then return "partial", missing_functions end
+    return "tarry"
+  end
   if #missing_procrastinate == 0 and not has_tarry then return "procrastinate" end
   -- Incomplete or mixed triggers: name what completes the set that is (mostly) there; with both
   -- kinds present the jobs would get every event twice, so list both.

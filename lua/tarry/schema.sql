@@ -791,3 +791,45 @@ BEGIN
     RETURN coalesce(cardinality(job_ids), 0);  -- a NULL array: no calls, 0
 END;
 $$;
+
+-- Retention and periodic defers (tarry/pg_jobs.lua) ------------------------------------------------
+
+-- delete_old_jobs looks for jobs whose latest event is older than a cutoff.  With this index it
+-- starts from the events older than the cutoff, so a run that finds little to delete reads little,
+-- instead of every job's events (measured in scripts/bench.lua).  It is not part of
+-- Procrastinate's catalog; without it (a schema Procrastinate applied) the same query scans.
+CREATE INDEX tarry_events_at_idx_v1 ON procrastinate_events (at);
+
+-- One tick of a periodic task for tarry's workers: procrastinate_defer_periodic_job_v2, with the
+-- callers of one (task, periodic id) serialised by a transaction-scoped advisory lock, and the
+-- tick skipped when it, or a later one, already has a marker.  The protocol function keeps only
+-- the newest marker, so a worker late on an older tick would otherwise find no marker for it and
+-- defer it a second time.  A marker further in the future than a minute comes from a machine
+-- whose clock runs fast: it does not hold the task back.
+CREATE FUNCTION tarry_defer_periodic_job_v1(
+    _queue_name character varying,
+    _lock character varying,
+    _queueing_lock character varying,
+    _task_name character varying,
+    _priority integer,
+    _periodic_id character varying,
+    _defer_timestamp bigint,
+    _args jsonb
+)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('tarry_periodic:' || _task_name || ':' || _periodic_id, 0));
+    IF EXISTS (
+        SELECT 1 FROM procrastinate_periodic_defers
+        WHERE task_name = _task_name AND periodic_id = _periodic_id
+          AND defer_timestamp >= _defer_timestamp
+          AND defer_timestamp <= extract(epoch FROM now())::bigint + 60
+    ) THEN
+        RETURN NULL;
+    END IF;
+    RETURN procrastinate_defer_periodic_job_v2(_queue_name, _lock, _queueing_lock, _task_name, _priority,
+                                               _periodic_id, _defer_timestamp, _args);
+END;
+$$;

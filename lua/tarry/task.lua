@@ -1,13 +1,15 @@
 --- Tasks as an app sees them: a task definition (shared by every app over the same registry)
 -- bound to one app, whose connector its defers go through.
+-- @module tarry.task
 local core = require "tarry.core"
 local options = require "tarry.options"
+local cron = require "tarry.cron"
 
 local Task = { __name = "tarry.Task" }
 local Deferrer = { __name = "tarry.JobDeferrer" }
 
 local TASK_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
-  retry = true, aliases = true }
+  retry = true, aliases = true, cron = true }
 local DEFER_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
   schedule_in = true, schedule_at = true }
 
@@ -26,10 +28,11 @@ function Task.definition(name, opts, fn, level)
   local aliases = opts.aliases or {}
   if type(aliases) ~= "table" then error(what .. ": aliases must be a list of names", level + 1) end
   for _, a in ipairs(aliases) do options.check_name(a, what .. " alias", level + 1) end
+  if opts.cron ~= nil then cron.parse(opts.cron, level + 1) end     -- a bad schedule raises here
   return {
     name = name, fn = fn, queue = opts.queue or "default", priority = opts.priority or 0,
     lock = opts.lock, queueing_lock = opts.queueing_lock, aliases = aliases,
-    retry = options.check_retry(opts.retry, what, level + 1),
+    retry = options.check_retry(opts.retry, what, level + 1), cron = opts.cron,
   }
 end
 
@@ -39,6 +42,7 @@ function Task.unknown_definition(name, level)
   return { name = name, queue = "default", priority = 0, aliases = {} }
 end
 
+--- The task of definition def, as app sees it (its defers go through app's connector).
 function Task.bind(app, def)
   return setmetatable({ app = app, def = def, name = def.name }, Task)
 end
@@ -102,23 +106,27 @@ function Task:__call(args, ctx)
   return self.def.fn(args or {}, ctx)
 end
 
+--- Methods, then the definition's fields (name, queue, priority, lock, ...).
 function Task:__index(k)
   local m = rawget(Task, k)
   if m ~= nil then return m end
   return rawget(self, "def")[k]
 end
 
+--- `<tarry.Task add queue=math>`.
 function Task:__tostring()
   return string.format("<tarry.Task %s queue=%s>", self.def.name, self.def.queue)
 end
 
 Deferrer.__index = Deferrer
 
+--- deferrer:defer(args) -> job id, with the overrides of configure().
 function Deferrer:defer(args)
   local at = scheduled_at(self.overrides, "defer", 2)
   return self.app:_defer_jobs({ job(self.def, self.overrides, args, at) })[1]
 end
 
+--- deferrer:batch_defer{ args1, args2, ... } -> ids; one statement, all or nothing.
 function Deferrer:batch_defer(list)
   if type(list) ~= "table" then error("batch_defer expects a list of argument tables", 2) end
   local at = scheduled_at(self.overrides, "batch_defer", 2)
@@ -127,6 +135,7 @@ function Deferrer:batch_defer(list)
   return self.app:_defer_jobs(jobs)
 end
 
+--- `<tarry.JobDeferrer add queue=math>`.
 function Deferrer:__tostring()
   local o = self.overrides
   return string.format("<tarry.JobDeferrer %s queue=%s>", self.def.name, o.queue or self.def.queue)

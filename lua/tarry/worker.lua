@@ -2,6 +2,7 @@
 -- once on one loop; reports outcomes in batches; LISTENs for new jobs (polling as the fallback);
 -- registers, heartbeats and unregisters; stops gracefully on the first SIGINT/SIGTERM and at
 -- once on the second. Everything here runs in coroutines driven by app:run().
+-- @module tarry.worker
 local core = require "tarry.core"
 local Log = require "tarry.log"
 local PgJobs = require "tarry.pg_jobs"
@@ -99,14 +100,50 @@ Context.__index = Context
 --- ctx:sleep(seconds): parks this job only.
 function Context:sleep(seconds) return core.sleep(seconds) end
 
+-- ---- the database's health, as the worker sees it ----
+
+-- The one-line text of an error: an error object's message, without the "tarry: code:" prefix.
+local function brief(err)
+  if type(err) == "table" and err.message then return tostring(err.message) end
+  return tostring(err)
+end
+
+local function is_connection_error(err)
+  return type(err) == "table" and err.code == "connection"
+end
+
+--- Note a failed database call: the first connection failure logs "lost the database" once;
+-- later ones only at debug level until a call succeeds again.
+function Worker:db_failed(what, err)
+  if not is_connection_error(err) then return end
+  if not self.db_lost_at then
+    self.db_lost_at = core.now()
+    self.log:warning("database_lost", string.format("lost the database (%s): %s; retrying", what, brief(err)))
+  elseif self.log:enabled("debug") then
+    self.log:debug("database_retry", string.format("still no database (%s): %s", what, brief(err)))
+  end
+end
+
+--- Note a database call that succeeded: after an outage, log once that the database is back.
+function Worker:db_ok()
+  if not self.db_lost_at then return end
+  self.log:info("database_back", string.format("the database is back after %.1f s", core.now() - self.db_lost_at))
+  self.db_lost_at = nil
+end
+
+-- Reconnection delays: doubling from 0.1 s, at most 2 s, each with +-25% jitter so that many
+-- workers do not retry in step after an outage.
+local function next_backoff(backoff) return math.min(backoff * 2, 2) end
+local function jittered(backoff) return backoff * (0.75 + 0.5 * math.random()) end
+
 local function describe(job)
   return string.format("job %d %s", job.id, job.task_name)
 end
 
 -- The task's traceback, without the worker's own frames below the task function.
 local function on_error(e)
-  local msg = type(e) == "string" and e or tostring(e)
-  local tb = debug.traceback(msg, 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
+  local msg = Log.error_text(e)      -- the line carries it; the traceback below starts at its frames
+  local tb = debug.traceback(nil, 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
   return { err = e, message = msg, traceback = tb }
 end
 
@@ -135,6 +172,10 @@ function Worker:run_job(job)
     o = { id = job.id, status = "failed", delete = self.delete_jobs == "always" }
     level, event = "error", "task_not_found"
     what = string.format("failed: task %q is not registered in this app (not retried)", job.task_name)
+  elseif core.is_error(job.args) then  -- a row another client wrote that Lua cannot hold
+    o = { id = job.id, status = "failed", delete = self.delete_jobs == "always" }
+    level, event = "error", "undecodable_args"
+    what = "failed: cannot decode its arguments: " .. job.args.message .. " (not retried)"
   else
     if self.log:enabled("info") then
       self.log:info("job_started", describe(job) .. " started", { job_id = job.id, task = job.task_name,
@@ -186,6 +227,7 @@ function Worker:flusher()
       local batch = self.pending
       self.pending = {}
       self.in_flight = #batch
+      self.log:debugf("finish_batch", "recording %d job outcome(s) in one statement", #batch)
       local ok, err = pcall(self.store.finish, self.store, batch)
       if not ok and type(err) == "table" and err.code ~= "connection" and #batch > 1 then
         self:flush_one_by_one(batch)        -- one bad id must not hold the others back
@@ -198,17 +240,21 @@ function Worker:flusher()
       self.wake:set()                       -- a one-shot worker may find retried or unlocked jobs now
       if ok then
         backoff = 0.05
+        self:db_ok()
       else
+        self:db_failed("recording outcomes", err)
         if self.forced or (self.stopping and core.now() > self.flush_deadline) then
           self.log:error("finish_abandoned", string.format("%d job outcome(s) could not be recorded: " ..
             "those jobs stay 'doing' until recovered as stalled (%s)", #self.pending, tostring(err)))
           self.pending = {}
           return
         end
-        self.log:warning("finish_failed", string.format("could not record %d job outcome(s), retrying: %s",
-          #batch, tostring(err)))
-        self.to_flush:wait(backoff)
-        backoff = math.min(backoff * 2, 5)
+        if not is_connection_error(err) then
+          self.log:warning("finish_failed", string.format("could not record %d job outcome(s), retrying: %s",
+            #batch, brief(err)))
+        end
+        self.to_flush:wait(jittered(backoff))
+        backoff = next_backoff(backoff)
       end
     end
   end
@@ -235,7 +281,11 @@ function Worker:heartbeat_loop()
     self.stop_event:wait(self.heartbeat_interval)
     if self.stopping then return end
     local ok, err = pcall(self.store.heartbeat, self.store, self.worker_id)
-    if not ok then self.log:warning("heartbeat_failed", "heartbeat failed: " .. tostring(err)) end
+    if ok then
+      self:db_ok()
+      self.log:debugf("heartbeat", "heartbeat sent (worker id %d)", self.worker_id)
+    elseif is_connection_error(err) then self:db_failed("heartbeat", err)
+    else self.log:warning("heartbeat_failed", "heartbeat failed: " .. brief(err)) end
   end
 end
 
@@ -245,29 +295,34 @@ function Worker:listen_loop()
     local ok, listener = pcall(self.store.listen, self.store, self.queues)
     if ok and listener then
       self.listener = listener
+      self.log:debugf("listening", "LISTEN on %s", self.queues and table.concat(self.queues, ",") or "every queue")
       backoff = 0.1
       self.wake:set()          -- jobs may have come while we were not listening
       while not self.stopping do
         local got, note = pcall(listener.wait, listener, 30)
         if not got then
-          if not self.stopping then self.log:warning("listen_lost", "LISTEN connection lost, reconnecting: " .. tostring(note)) end
+          if not self.stopping then self:db_failed("LISTEN", note) end
           break
         end
-        if note == nil then pcall(listener.ping, listener)
+        if note == nil then pcall(listener.ping, listener)    -- a failure shows at the next wait
         else
           local okj, payload = pcall(core.json_decode, note.payload)
-          if okj and type(payload) == "table" and payload.type == "job_inserted" then self.wake:set() end
+          if okj and type(payload) == "table" and payload.type == "job_inserted" then
+            self.log:debugf("notified", "NOTIFY on %s: a job was inserted, waking the fetcher", tostring(note.channel))
+            self.wake:set()
+          end
         end
       end
       self.listener = nil
       listener:close()
     elseif not ok then
-      self.log:warning("listen_failed", "cannot LISTEN, polling meanwhile: " .. tostring(listener))
+      if is_connection_error(listener) then self:db_failed("LISTEN", listener)
+      else self.log:warning("listen_failed", "cannot LISTEN, polling meanwhile: " .. brief(listener)) end
     else
       return
     end
-    if not self.stopping then self.stop_event:wait(backoff) end
-    backoff = math.min(backoff * 2, 10)
+    if not self.stopping then self.stop_event:wait(jittered(backoff)) end
+    backoff = next_backoff(backoff)
   end
 end
 
@@ -285,6 +340,8 @@ function Worker:signal_loop()
       self.log:warning("stopping_now", "received SIG" .. name .. " again: stopping at once")
       self.forced = true
       self.wake:set()
+      self.stop_event:set()
+      self.progress:set()
     end
   end
 end
@@ -306,19 +363,30 @@ function Worker:fetch_round()
   if free <= 0 then return 0, false end
   local ok, jobs = pcall(self.store.fetch, self.store, self.queues, self.worker_id, free)
   if not ok then return nil, jobs end
+  self.log:debugf("fetched", "fetched %d job(s) for %d free slot(s)", #jobs, free)
   for _, job in ipairs(jobs) do self:start_job(job) end
   return #jobs, #jobs == free
 end
 
+-- SQLSTATEs of an object missing from the database: retrying cannot help, the worker stops.
+local SCHEMA_SQLSTATES = { ["42883"] = true, ["42P01"] = true, ["42703"] = true, ["42704"] = true }
+
 function Worker:handle_fetch_error(err, backoff)
+  if type(err) == "table" and SCHEMA_SQLSTATES[err.sqlstate] then
+    local stop = core.error("schema", string.format("the database lacks an object tarry needs: %s; "
+      .. "`tarry healthchecks` names what is missing", err.message))
+    stop.sqlstate = err.sqlstate
+    error(stop, 0)
+  end
   if type(err) == "table" and err.sqlstate == "23503" then
     self.log:warning("reregister", "this worker was pruned as stalled: registering again")
     local ok, id = pcall(self.store.register, self.store, self.stalled_after)
     if ok then self.worker_id = id; return 0.05 end
   end
-  self.log:warning("fetch_failed", string.format("cannot fetch jobs, retrying in %gs: %s", backoff, tostring(err)))
-  self.wake:wait(backoff)
-  return math.min(backoff * 2, 10)
+  if is_connection_error(err) then self:db_failed("fetching jobs", err)
+  else self.log:warning("fetch_failed", string.format("cannot fetch jobs, retrying in %gs: %s", backoff, brief(err))) end
+  self.wake:wait(jittered(backoff))
+  return next_backoff(backoff)
 end
 
 -- A one-shot worker is done when a fetch found nothing while no job ran and no outcome was
@@ -338,6 +406,7 @@ function Worker:fetch_loop()
       backoff = self:handle_fetch_error(more, backoff)
     else
       backoff = 0.1
+      self:db_ok()
       if not more then
         if not self.wait and self:nothing_left(n, recorded_before) then return end
         if self.running >= self.concurrency or not self.wait then
@@ -368,31 +437,59 @@ function Worker:drain()
   end
 end
 
+-- After a forced stop (the second signal), what is still talking to the database gets this many
+-- seconds before it is cut off, so the process ends whatever the database is doing.
+local FORCED_GRACE = 1
+
+local function is_cancelled(err) return type(err) == "table" and err.code == "cancelled" end
+
+--- Wait for the tarry coroutine h to end, like h:result() under pcall; once the stop is forced,
+-- give it FORCED_GRACE seconds more, then cancel it.
+function Worker:await(h)
+  if h:status() == "running" then
+    self.app:spawn(function() pcall(h.result, h); self.progress:set() end)
+  end
+  local cut_at
+  while h:status() == "running" do
+    if self.forced then
+      cut_at = cut_at or core.now() + FORCED_GRACE
+      if core.now() >= cut_at then h:cancel(); break end
+      self.progress:wait(cut_at - core.now())
+    else
+      self.progress:wait()
+    end
+  end
+  return pcall(h.result, h)
+end
+
 function Worker:main()
   self.stop_event = core.Event()
+  self.progress = core.Event()     -- a coroutine that main awaits ended, or the stop was forced
   self.worker_id = self.store:register(self.stalled_after)
-  self.log:info("worker_started", string.format("worker %s (id %d) started: queues %s, concurrency %d",
+  self.log:info("worker_started", string.format("worker %q (id %d) started: queues %s, concurrency %d",
     self.name, self.worker_id, self.queues and table.concat(self.queues, ",") or "all", self.concurrency),
     { worker_id = self.worker_id, worker = self.name })
-  local side = { self.app:spawn(self.heartbeat_loop, self), self.app:spawn(self.flusher, self) }
+  local flusher = self.app:spawn(self.flusher, self)
+  local side = { self.app:spawn(self.heartbeat_loop, self) }
   if self.listen_notify and self.wait then side[#side + 1] = self.app:spawn(self.listen_loop, self) end
   if self.signals then side[#side + 1] = self.app:spawn(self.signal_loop, self) end
-  local ok, err = pcall(self.fetch_loop, self)
+  local ok, err = self:await(self.app:spawn(self.fetch_loop, self))
+  if not ok and self.forced and is_cancelled(err) then ok = true end
   self:stop()
   local drained, derr = pcall(self.drain, self)
   self.to_flush:set()
-  pcall(side[2].result, side[2])                     -- every outcome recorded (or given up)
+  self:await(flusher)                                -- every outcome recorded (or given up)
   if self.signal_watcher then self.signal_watcher:close() end
   for i = 1, #side do
     if side[i]:status() == "running" and not (ok and drained) then side[i]:cancel() end
-    local sok, serr = pcall(side[i].result, side[i])
-    if not sok and not (type(serr) == "table" and serr.code == "cancelled") then
+    local sok, serr = self:await(side[i])
+    if not sok and not is_cancelled(serr) then
       self.log:error("worker_bug", "a worker loop failed: " .. tostring(serr))
     end
   end
-  local unreg_ok, unreg_err = pcall(self.store.unregister, self.store, self.worker_id)
-  if not unreg_ok then self.log:warning("unregister_failed", "could not unregister: " .. tostring(unreg_err)) end
-  self.log:info("worker_stopped", string.format("worker %s stopped", self.name), { worker_id = self.worker_id })
+  local unreg_ok, unreg_err = self:await(self.app:spawn(self.store.unregister, self.store, self.worker_id))
+  if not unreg_ok then self.log:warning("unregister_failed", "could not unregister: " .. brief(unreg_err)) end
+  self.log:info("worker_stopped", string.format("worker %q (id %d) stopped", self.name, self.worker_id), { worker_id = self.worker_id })
   if not ok then error(err, 0) end
   if not drained then error(derr, 0) end
 end
