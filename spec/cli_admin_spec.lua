@@ -290,6 +290,8 @@ describe("tarry jobs stalled", function()
     local list = decode(stalled("--json").out)
     assert.are.same({ lost }, ids(list))
     assert.are.same({ "doing", dead }, { list[1].status, list[1].worker_id })
+    local r = run { "jobs", "list", "--json", "--worker-id", tostring(live), "--conninfo", db.conninfo(t.name) }
+    assert.are.same({ fine }, ids(decode(r.out)))
     assert.are.same({}, ids(decode(stalled("--json", "--seconds", "7200").out)))
     assert.are.same({}, ids(decode(stalled("--json", "--task", "boom").out)))
     local lines = lines_of(stalled().out)

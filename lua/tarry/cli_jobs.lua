@@ -82,7 +82,7 @@ local ACTIONS = {}
 function ACTIONS.list(cli, cmd, out)
   local jobs = manager(cli, cmd, out)
   local list, next_after = jobs:list{ queue = cmd.queue, task = cmd.task, status = cmd.status, lock = cmd.lock,
-    queueing_lock = cmd.queueing_lock, limit = cmd.limit, after_id = cmd.after_id }
+    queueing_lock = cmd.queueing_lock, worker_id = cmd.worker_id, limit = cmd.limit, after_id = cmd.after_id }
   out:result(jobs_value(list), function() return jobs_text(list, "no jobs") end)
   if next_after then out:note(string.format("more jobs follow: add --after-id %d", next_after)) end
   return 0

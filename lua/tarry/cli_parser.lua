@@ -256,6 +256,8 @@ local function define_jobs_lookups(jobs, on_help)
   filters(c, "jobs list", { "queue", "task", "status", "lock" })
   option(c, "jobs list", "--queueing-lock", "Only jobs holding this queueing lock.",
     { argname = "QL", convert = non_empty("--queueing-lock") })
+  option(c, "jobs list", "--worker-id", "Only jobs run by this worker (see `tarry workers`).",
+    { argname = "ID", convert = whole("--worker-id", 1) })
   option(c, "jobs list", "--limit", "At most N jobs (default 100).", { argname = "N", convert = whole("--limit", 1) })
   option(c, "jobs list", "--after-id", "Only jobs whose id is greater (the next page).",
     { argname = "ID", convert = whole("--after-id", 0) })
