@@ -127,7 +127,7 @@ COMP_WORDS=(tarry worker --delete-jobs s); COMP_CWORD=3; _tarry; echo "${COMPREP
     local out = p:read("a")
     p:close()
     os.remove(script)
-    assert.are.equal("worker\nsuccessful\n", out)
+    assert.are.equal("worker workers\nsuccessful\n", out)
   end)
 end)
 
