@@ -8,41 +8,10 @@ local Store = require "tarry.store"
 local db = require "support.db"
 local W = require "support.worker"
 
-local BIN = (os.getenv("TARRY_BUILD_DIR") or "build") .. "/bin/tarry"
+local cli = require "support.cli"
+local run, read_file, write_file = cli.run, cli.read_file, cli.write_file
 local q = db.shell_quote
 local decode = tarry.json.decode
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function read_file(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
---- `tarry argv...` with extra environment and stdin from a file: { out, err, code, err_lines }.
-local function run(argv, env, stdin)
-  local words = { "exec env" }
-  for k, v in pairs(env or {}) do words[#words + 1] = k .. "=" .. q(v) end
-  words[#words + 1] = q(BIN:sub(1, 1) == "/" and BIN or (os.getenv("PWD") .. "/" .. BIN))
-  for _, a in ipairs(argv) do words[#words + 1] = q(a) end
-  local errfile = os.tmpname()
-  local pipe = assert(io.popen(table.concat(words, " ") .. " 2>" .. errfile .. " <" .. q(stdin or "/dev/null"), "r"))
-  local out = pipe:read("a")
-  local _, how, code = pipe:close()
-  local err = read_file(errfile)
-  os.remove(errfile)
-  assert(how == "exit", "tarry was killed by signal " .. tostring(code) .. ": " .. err)
-  local lines = 0
-  for _ in err:gmatch("[^\n]*\n") do lines = lines + 1 end
-  return { out = out, err = err, code = code, err_lines = lines }
-end
 
 local function ids(list)
   local out = {}
@@ -498,7 +467,7 @@ describe("tarry shell", function()
 
   local function session(text, argv, env)
     local input = write_file(os.tmpname(), text)
-    local r = run({ "shell", table.unpack(argv or { "--conninfo", db.conninfo(t.name) }) }, env, input)
+    local r = run({ "shell", table.unpack(argv or { "--conninfo", db.conninfo(t.name) }) }, env, nil, input)
     os.remove(input)
     return r
   end
