@@ -10,8 +10,8 @@
 -- as croniter has it). Each is `*`, a value, a range `a-b`, a step `*/n`, `a-b/n` or `a/n` (from a
 -- to the field's end), or a comma-separated list of those. Months and days of the week may be
 -- named (jan..dec, sun..sat, any case); day of week 0 and 7 are Sunday, and a range may end on
--- Sunday (`fri-sun`). `L` in the day of month is the month's last day. Shorthands: @yearly,
--- @annually, @monthly, @weekly, @daily, @midnight, @hourly. When both the day of month and the
+-- Sunday (`fri-sun`). `L` in the day of month is the month's last day. Shorthands: `@yearly`,
+-- `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`. When both the day of month and the
 -- day of week are restricted, a day matches if either does (as in cron); a field that lists
 -- every value counts as `*`. Not supported (refused with the position): croniter's `#`
 -- (nth weekday), `L` in the day of week, hashed `H` fields.

@@ -80,6 +80,9 @@ function M.check_retry(retry, what, level)
   end
   M.check_known(retry, { max_attempts = true, wait = true, linear_wait = true, exponential_wait = true,
     retry_errors = true }, what .. " retry", level + 1)
+  if retry.retry_errors ~= nil and type(retry.retry_errors) ~= "function" then
+    fail(level + 1, "%s: retry.retry_errors must be a function(err) -> boolean, got %s", what, type(retry.retry_errors))
+  end
   local r = { max_attempts = retry.max_attempts or math.maxinteger, retry_errors = retry.retry_errors }
   for _, k in ipairs { "wait", "linear_wait", "exponential_wait" } do
     local v = retry[k] or 0

@@ -1,0 +1,60 @@
+--- The worker's options: their names, defaults and checks, in one table.
+-- @module tarry.worker.options
+local M = {}
+
+local DELETE = { never = true, successful = true, always = true }
+local LOG_LEVELS = { debug = true, info = true, warning = true, error = true }
+local LOG_FORMATS = { human = true, json = true }
+
+local function seconds(v) return type(v) == "number" and v >= 0 and v == v end
+local function is_bool(v) return type(v) == "boolean" end
+
+-- name -> { default, check(v) -> ok, what it must be }
+M.SPEC = {
+  queues = { nil, function(v) return type(v) == "table" end, "a list of queue names" },
+  concurrency = { 1, function(v) return math.type(v) == "integer" and v >= 1 end, "an integer >= 1" },
+  wait = { true, is_bool, "a boolean" },
+  name = { "worker", function(v) return type(v) == "string" and #v > 0 end, "a non-empty string" },
+  listen_notify = { true, is_bool, "a boolean" },
+  fetch_job_polling_interval = { 5, seconds, "a number of seconds >= 0" },
+  delete_jobs = { "never", function(v) return DELETE[v] end, '"never", "successful" or "always"' },
+  shutdown_graceful_timeout = { nil, seconds, "a number of seconds >= 0" },
+  install_signal_handlers = { true, is_bool, "a boolean" },
+  log_format = { nil, function(v) return LOG_FORMATS[v] end, '"human" or "json"' },
+  log_level = { nil, function(v) return LOG_LEVELS[v] end, '"debug", "info", "warning" or "error"' },
+  log_stream = { nil, function() return true end, "a file" },
+  update_heartbeat_interval = { 10, seconds, "a number of seconds >= 0" },
+  stalled_worker_timeout = { 30, seconds, "a number of seconds >= 0" },
+}
+
+local function check_queues(queues, level)
+  for _, q in ipairs(queues) do
+    if type(q) ~= "string" or #q == 0 or #q > 40 then
+      error("run_worker: queue names must be strings of 1 to 40 bytes", level)
+    end
+  end
+end
+
+--- The options with their defaults filled in; misuse raises at `level` (run_worker's caller).
+function M.check(o, level)
+  level = level + 1
+  if o == nil then o = {} end
+  if type(o) ~= "table" then error("run_worker: options must be a table", level) end
+  for k in pairs(o) do
+    if not M.SPEC[k] then error("run_worker: unknown option '" .. tostring(k) .. "'", level) end
+  end
+  local out = {}
+  for k, spec in pairs(M.SPEC) do
+    local v = o[k]
+    if v == nil then v = spec[1]
+    elseif not spec[2](v) then error("run_worker: " .. k .. " must be " .. spec[3], level) end
+    out[k] = v
+  end
+  if out.queues then
+    check_queues(out.queues, level)
+    if #out.queues == 0 then out.queues = nil end          -- every queue
+  end
+  return out
+end
+
+return M

@@ -1,0 +1,97 @@
+--- Recording outcomes: the runner hands each finished job's outcome here; they are written in
+-- batches (one statement for all that are pending) and kept until they reached the database, so
+-- a job is done only once its finish is stored. After a forced stop, or past the flush deadline of
+-- a graceful one, what could not be written is given up (those jobs stay `doing` until recovered).
+-- @module tarry.worker.recorder
+local core = require "tarry.core"
+local Health = require "tarry.worker.health"
+
+local Recorder = {}
+Recorder.__index = Recorder
+
+function Recorder.new(w)
+  return setmetatable({
+    w = w,
+    pending = {},          -- outcomes not yet recorded
+    in_flight = 0,         -- outcomes being recorded right now
+    batches = 0,           -- batches recorded so far (a one-shot worker's exit test)
+    has_work = core.Event(),
+  }, Recorder)
+end
+
+--- An outcome { id=, status=, delete=, retry_at= } to record.
+function Recorder:add(outcome)
+  self.pending[#self.pending + 1] = outcome
+  self.has_work:set()
+end
+
+--- Nothing pending and nothing being written.
+function Recorder:idle() return #self.pending == 0 and self.in_flight == 0 end
+
+function Recorder:write_one_by_one(batch)
+  local w = self.w
+  for _, o in ipairs(batch) do
+    local ok, err = pcall(w.store.finish, w.store, { o })
+    if not ok then
+      if Health.is_connection_error(err) then
+        self.pending[#self.pending + 1] = o
+      else
+        w.log:error("finish_failed", string.format("job %d: cannot record its outcome: %s", o.id, Health.brief(err)),
+          { job_id = o.id })
+      end
+    end
+  end
+end
+
+-- One batch: true when written (or, for what the database refused, given up job by job).
+function Recorder:write(batch)
+  local w = self.w
+  self.in_flight = #batch
+  w.log:debugf("finish_batch", "recording %d job outcome(s) in one statement", #batch)
+  local ok, err = pcall(w.store.finish, w.store, batch)
+  if not ok and not Health.is_connection_error(err) and #batch > 1 then
+    self:write_one_by_one(batch)          -- one bad id must not hold the others back
+    ok = true
+  elseif not ok then
+    for i = #batch, 1, -1 do table.insert(self.pending, 1, batch[i]) end
+  end
+  self.in_flight = 0
+  self.batches = self.batches + 1
+  w.fetcher:wake()                        -- a one-shot worker may find retried or unlocked jobs now
+  return ok, err
+end
+
+--- The loop: record pending outcomes until the worker stops and no job runs or waits.
+function Recorder:loop()
+  local w = self.w
+  local backoff = 0.05
+  while true do
+    if #self.pending == 0 then
+      if w.stopping and w.runner.running == 0 then return end
+      self.has_work:wait()
+    else
+      local batch = self.pending
+      self.pending = {}
+      local ok, err = self:write(batch)
+      if ok then
+        backoff = 0.05
+        w.health:ok()
+      else
+        if not w.health:failed("recording outcomes", err) then
+          w.log:warning("finish_failed", string.format("could not record %d job outcome(s), retrying: %s",
+            #batch, Health.brief(err)))
+        end
+        if w.forced or (w.stopping and core.now() > w.flush_deadline) then
+          w.log:error("finish_abandoned", string.format("%d job outcome(s) could not be recorded: " ..
+            "those jobs stay 'doing' until recovered as stalled (%s)", #self.pending, Health.brief(err)))
+          self.pending = {}
+          return
+        end
+        self.has_work:wait(Health.jittered(backoff))
+        backoff = Health.next_backoff(backoff)
+      end
+    end
+  end
+end
+
+return Recorder
