@@ -6,6 +6,7 @@
 local db = require "support.db"
 local proc = require "support.process"
 local W = require "support.worker"
+local cli = require "support.cli"
 local tarry = require "tarry"
 
 -- n bytes of text that neither compresses nor quotes well: quotes, backslashes, braces, commas,
@@ -160,31 +161,37 @@ local function json_string(s)
   return '"' .. s:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
 end
 
-local function cli_defer(name, field, value)
-  local task, args, opts = "t", '{"k": 1}', ""
+-- `tarry defer --json` of one job whose `field` is `value`: names go in argv; arguments as the JSON
+-- argument, or with `from` (too long for one argument) as the one line of a --from file.
+local function cli_defer(name, field, value, from)
+  local task, args, argv = "t", '{"k": 1}', { "defer", "--json" }
   if field == "task" then task = value
   elseif field == "args key" then args = "{" .. json_string(value) .. ": 1}"
   elseif field == "args value" then args = '{"v": ' .. json_string(value) .. "}"
-  else opts = " --" .. field:gsub("_", "-") .. " " .. db.shell_quote(value) end
-  return proc.run(string.format("defer --conninfo %s%s -- %s %s", db.shell_quote(db.conninfo(name)), opts,
-    db.shell_quote(task), db.shell_quote(args)))
+  else argv[#argv + 1] = "--" .. field:gsub("_", "-"); argv[#argv + 1] = value end
+  local rest = { "--", task, args }
+  if from then rest = { "--from", cli.write_file(os.tmpname(), args .. "\n"), "--", task } end
+  for _, a in ipairs(rest) do argv[#argv + 1] = a end
+  return cli.run_on(name, argv)
 end
 
---- The job id a successful `tarry defer` printed, or fails the test if it refused unclearly or crashed.
-local function cli_outcome(t, field, case, code, out, err)
-  if code == 0 then
-    local id = tonumber(out:match("^deferred job (%d+):"))
-    assert(id, "exit 0 without a job id: " .. out)
+--- The job id a successful `tarry defer --json` printed, or nil after checking that it refused
+--- clearly (a crash, a killed process or PostgreSQL's raw error fails the test).
+local function cli_outcome(t, field, case, r)
+  if r.code == 0 then
+    local ok, doc = pcall(tarry.json.decode, r.out)
+    local id = ok and type(doc) == "table" and (doc.id or (doc.ids and doc.ids[1]))
+    assert(math.type(id) == "integer", "exit 0 without a job id: " .. r.out:sub(1, 300))
     return id
   end
   check_after(t, nil)
-  assert(code == 1 or code == 2, string.format("crashed (exit %s): %s", tostring(code), err:sub(1, 2000)))
-  assert.are.equal(1, select(2, err:gsub("\n", "")), "more than one line on stderr: " .. err:sub(1, 2000))
-  if code == 1 then   -- a failure of the work: it must be a refusal, not PostgreSQL's raw error
-    local what = err:match("^tarry: ([%w_]+):")
-    assert(what == "invalid_job" or what == "invalid_args", "not a clear refusal: " .. err:sub(1, 300))
+  assert(r.code == 1 or r.code == 2, string.format("crashed (exit %s): %s", tostring(r.code), r.err:sub(1, 2000)))
+  assert.are.equal(1, r.err_lines, "not one line on stderr: " .. r.err:sub(1, 2000))
+  if r.code == 1 then   -- a failure of the work: it must be a refusal, not PostgreSQL's raw error
+    local what = r.err:match("^tarry: ([%w_]+):")
+    assert(what == "invalid_job" or what == "invalid_args", "not a clear refusal: " .. r.err:sub(1, 300))
   end
-  local why = unclear(field, case, err)
+  local why = unclear(field, case, r.err)
   assert(why == nil, why)
 end
 
@@ -194,13 +201,15 @@ describe("hostile names and arguments through tarry defer", function()
   teardown(function() db.drop(t.name) end)
 
   for _, field in ipairs(FIELDS) do
+    local args = field:match("^args") ~= nil
     for _, case in ipairs(CASES) do
-      local value = case.cli or case[2]
-      -- argv cannot hold a NUL byte; in JSON arguments it is the \u0000 escape.
-      if not (case.nul and not field:match("^args")) then
-        it(string.format("%s: %s is stored verbatim or refused clearly", field,
-          case.cli and "50 KB" or case[1]), function()
-          local id = cli_outcome(t, field, case, cli_defer(t.name, field, value))
+      -- argv cannot hold a NUL byte (in JSON arguments it is the \u0000 escape), nor more than
+      -- 128 KiB in one argument: long names are cut to 50 KB, long arguments go through --from.
+      local value = (case.cli and not args) and case.cli or case[2]
+      local label = case.cli and (args and case[1] .. " (through --from)" or "50 KB") or case[1]
+      if not (case.nul and not args) then
+        it(string.format("%s: %s is stored verbatim or refused clearly", field, label), function()
+          local id = cli_outcome(t, field, case, cli_defer(t.name, field, value, args and case.cli ~= nil))
           if id then check_field(t, id, field, value) end
         end)
       end
@@ -209,8 +218,7 @@ describe("hostile names and arguments through tarry defer", function()
 
   it("args nested 1000 levels deep are stored verbatim or refused clearly", function()
     local text = '{"v": ' .. ("["):rep(1000) .. "1" .. ("]"):rep(1000) .. "}"
-    local id = cli_outcome(t, "args value", {}, proc.run(string.format("defer --conninfo %s t %s",
-      db.shell_quote(db.conninfo(t.name)), db.shell_quote(text))))
+    local id = cli_outcome(t, "args value", {}, cli.run_on(t.name, { "defer", "--json", "t", text }))
     if id then check_args(t, id, text) end
   end)
 end)

@@ -69,21 +69,6 @@ function M.start(args, env)
   return M.spawn(M.tarry .. " " .. args, env)
 end
 
---- Run `tarry <args>` to its end: returns the exit code (nil, "signal" and its number when it was
---- killed by one), its stdout and its stderr. The command line goes through a script file, so an
---- argument may be as long as the kernel allows one to be (128 KiB), whatever the quoting adds.
-function M.run(args, env)
-  local script, out, err = os.tmpname(), os.tmpname(), os.tmpname()
-  local f = assert(io.open(script, "w"))
-  f:write(string.format("exec %s%s %s >%s 2>%s\n", env or "", M.tarry, args, out, err))
-  f:close()
-  local _, how, code = os.execute("sh " .. script)
-  local stdout, stderr = read(out) or "", read(err) or ""
-  os.remove(script); os.remove(out); os.remove(err)
-  if how == "exit" and code < 128 then return code, stdout, stderr end
-  return nil, stdout, stderr, "signal", how == "exit" and code - 128 or code
-end
-
 function Proc:signal(name)
   os.execute(string.format("kill -%s %d 2>/dev/null", name, self.pid))
 end
