@@ -145,6 +145,41 @@ describe("tarry worker processes deferring a per-second task", function()
   end)
 end)
 
+-- A trigger that refuses the jobs of one task: a database error on that schedule's defers only.
+local function refuse_task(name, task)
+  db.psql(name, [[
+    CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'no jobs of this task here'; END $$;
+    CREATE TRIGGER refuse BEFORE INSERT ON procrastinate_jobs FOR EACH ROW
+      WHEN (NEW.task_name = ']] .. task .. [[') EXECUTE FUNCTION refuse()]])
+end
+
+describe("a tarry worker process with a schedule the database refuses", function()
+  local name
+  before_each(function() name = db.fresh(); effects_table(name) end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("warns once, keeps deferring the other schedules, and defers it again once the database accepts it", function()
+    refuse_task(name, "broken")
+    local app = proc.app_file(name, TICKING .. [[
+app:task("broken", { cron = "* * * * * *" }, function() end)
+]])
+    local w = proc.start("worker --app " .. app .. " --log-format json")
+    proc.until_true(function() return count(name, "FROM effects") >= 3 end, 60, "three ticks of the other schedule")
+    db.psql(name, "DROP TRIGGER refuse ON procrastinate_jobs")
+    proc.until_true(function() return count(name, "FROM procrastinate_jobs WHERE task_name = 'broken'") >= 1 end,
+      60, "the refused schedule to be deferred")
+    stop(w)
+    local failed, recovered = json_events(w:output(), "periodic_failed"), json_events(w:output(), "periodic_recovered")
+    assert.are.same({ 1, 1 }, { #failed, #recovered }, w:output())
+    assert.matches('^periodic task "broken": cannot defer, retrying: .*no jobs of this task here', failed[1].message)
+    assert.are.same({ "broken", 'periodic task "broken": deferring its ticks again' },
+      { recovered[1].task, recovered[1].message })
+    assert.are.same({}, db.rows(name, "SELECT task_name, args->>'timestamp' FROM procrastinate_jobs "
+      .. "GROUP BY 1, 2 HAVING count(*) > 1"))                  -- one job per tick of each schedule
+  end)
+end)
+
 describe("a tarry worker process on a MemoryConnector", function()
   after_each(function() proc.kill_all() end)
 
@@ -228,11 +263,7 @@ describe("a worker's periodic pass", function()
   end)
 
   it("logs a failing schedule once, defers the others, and does not stop the worker", function()
-    db.psql(t.name, [[
-      CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN RAISE EXCEPTION 'no broken jobs here'; END $$;
-      CREATE TRIGGER refuse BEFORE INSERT ON procrastinate_jobs FOR EACH ROW
-        WHEN (NEW.task_name = 'broken') EXECUTE FUNCTION refuse()]])
+    refuse_task(t.name, "broken")
     app_with_tick(t.app)
     t.app:task("broken", { cron = "* * * * * *" }, function() end)
     local log = io.tmpfile()
@@ -242,7 +273,7 @@ describe("a worker's periodic pass", function()
     for _, l in ipairs(lines) do if l.event == "periodic_failed" then failed[#failed + 1] = l end end
     assert.are.equal(1, #failed)
     assert.are.equal("broken", failed[1].task)
-    assert.matches('periodic task "broken": cannot defer, retrying: .*no broken jobs here', failed[1].message)
+    assert.matches('periodic task "broken": cannot defer, retrying: .*no jobs of this task here', failed[1].message)
     assert.are.equal(1, #ran)
   end)
 
