@@ -97,8 +97,8 @@ describe("tarry worker processes deferring a per-second task", function()
     local late = json_events(w:output(), "periodic_late")
     assert.are.equal(1, #late, w:output())
     assert.are.same({ "tick", "", last + 1 }, { late[1].task, late[1].periodic_id, late[1].first_skipped })
-    assert.matches("^periodic task \"tick\": its ticks from .- to .- are older than periodic_max_delay %(3 s%): skipped$",
-      late[1].message)
+    assert.matches("^periodic task \"tick\": its ticks from .- to .- are older than periodic_max_delay "
+      .. "%(3 s%): skipped$", late[1].message)
     local first = late[1].last_skipped + 1                  -- the oldest tick within the delay
     assert.is_true(first >= launched - 3)
     local t = ticks(name, last)                               -- after the old tick: a contiguous run from `first`
@@ -316,9 +316,12 @@ describe("the worker's periodic flags", function()
 
   it("are refused when malformed, in one line, exit 2", function()
     for _, c in ipairs {
-      { "--periodic-max-delay -1", nil, "^tarry: %-%-periodic%-max%-delay must be a number of seconds >= 0, got '%-1'\n$" },
-      { "--periodic-max-delay soon", nil, "^tarry: %-%-periodic%-max%-delay must be a number of seconds >= 0, got 'soon'\n$" },
-      { "", "TARRY_PERIODIC_MAX_DELAY=-2 ", "^tarry: TARRY_PERIODIC_MAX_DELAY: %-%-periodic%-max%-delay must be a number" },
+      { "--periodic-max-delay -1", nil, "^tarry: %-%-periodic%-max%-delay must be a number of seconds >= 0, "
+        .. "got '%-1'\n$" },
+      { "--periodic-max-delay soon", nil, "^tarry: %-%-periodic%-max%-delay must be a number of seconds >= 0, "
+        .. "got 'soon'\n$" },
+      { "", "TARRY_PERIODIC_MAX_DELAY=-2 ", "^tarry: TARRY_PERIODIC_MAX_DELAY: %-%-periodic%-max%-delay must be a "
+        .. "number" },
     } do
       local code, out = run(c[1], c[2])
       assert.are.equal(2, code, out)
