@@ -178,6 +178,9 @@ local function define_worker(p, on_help)
     { choices = { "never", "successful", "always" } })
   option(c, "worker", "--shutdown-graceful-timeout", "Seconds running jobs get to finish after the first signal "
     .. "(default: no limit).", { argname = "S", convert = seconds("--shutdown-graceful-timeout") })
+  option(c, "worker", "--no-periodic", "Do not defer the app's periodic (cron) tasks.", { flag = true })
+  option(c, "worker", "--periodic-max-delay", "Catch up periodic ticks missed up to S seconds ago (default 600); "
+    .. "older ones are skipped.", { argname = "S", convert = seconds("--periodic-max-delay") })
   option(c, "worker", "--log-format", "human (default) or json (one object per line).", { choices = { "human", "json" } })
   option(c, "worker", "--log-level", "debug, info (default), warning or error.",
     { choices = { "debug", "info", "warning", "error" } })

@@ -22,6 +22,7 @@ function M.run(cli, cmd)
     listen_notify = not cmd.no_listen_notify, delete_jobs = cmd.delete_jobs,
     shutdown_graceful_timeout = cmd.shutdown_graceful_timeout,
     fetch_job_polling_interval = cmd.fetch_job_polling_interval,
+    periodic = not cmd.no_periodic, periodic_max_delay = cmd.periodic_max_delay,
     log_format = cmd.log_format, log_level = cmd.log_level,
   }
   return 0

@@ -10,6 +10,7 @@
 --   notifier   LISTEN: a `job_inserted` wakes the fetcher
 --   signals    SIGINT/SIGTERM: graceful stop, then forced
 --   health     the database's health: an outage logged once, its end once; backoff
+--   periodic   defer the app's periodic (cron) tasks at their ticks
 --
 -- This file holds what ties them: the shared state (app, store, options, log, stopping/forced),
 -- the order of start and stop, and app:run_worker. Everything runs in coroutines on app:run().
@@ -25,6 +26,7 @@ local Recorder = require "tarry.worker.recorder"
 local Liveness = require "tarry.worker.liveness"
 local Notifier = require "tarry.worker.notifier"
 local Signals = require "tarry.worker.signals"
+local Periodic = require "tarry.worker.periodic"
 
 local Worker = {}
 Worker.__index = Worker
@@ -61,6 +63,7 @@ function Worker.new(app, opts)
   self.liveness = Liveness.new(self)
   self.notifier = Notifier.new(self)
   self.signals = Signals.new(self)
+  self.periodic = Periodic.new(self)
   return self
 end
 
@@ -134,6 +137,8 @@ function Worker:main()
   local side = { spawn(self.liveness) }
   if self.opts.listen_notify and self.opts.wait then side[#side + 1] = spawn(self.notifier) end
   if self.opts.install_signal_handlers then side[#side + 1] = spawn(self.signals) end
+  if self.opts.periodic and self.opts.wait then side[#side + 1] = spawn(self.periodic)
+  elseif self.opts.periodic then self.periodic:once() end      -- one-shot: what is due now, then run it
   local ok, err = self:await(spawn(self.fetcher))
   if not ok and self.forced and is_cancelled(err) then ok = true end
   self:stop()
