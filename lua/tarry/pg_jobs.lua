@@ -281,6 +281,10 @@ function PgJobs:defer_periodic(job, periodic_id, tick)
   return id
 end
 
+--- false on a schema without tarry_defer_periodic_job_v1 (one Procrastinate applied): two workers
+-- may then both defer a tick one of them is late on (the worker warns).
+function PgJobs:periodic_serialised() return self:has_function(TARRY_PERIODIC) end
+
 function PgJobs:last_tick(task_name, periodic_id)
   return self.connector:execute(LAST_TICK, task_name, periodic_id or "")[1].tick
 end

@@ -11,6 +11,7 @@
 --   signals    SIGINT/SIGTERM: graceful stop, then forced
 --   health     the database's health: an outage logged once, its end once; backoff
 --   recovery   put back the jobs that dead workers left doing (retried or failed)
+--   periodic   defer the app's periodic (cron) tasks at their ticks
 --
 -- This file holds what ties them: the shared state (app, store, options, log, stopping/forced),
 -- the order of start and stop, and app:run_worker. Everything runs in coroutines on app:run().
@@ -27,6 +28,7 @@ local Liveness = require "tarry.worker.liveness"
 local Notifier = require "tarry.worker.notifier"
 local Signals = require "tarry.worker.signals"
 local Recovery = require "tarry.worker.recovery"
+local Periodic = require "tarry.worker.periodic"
 
 local Worker = {}
 Worker.__index = Worker
@@ -64,6 +66,7 @@ function Worker.new(app, opts)
   self.notifier = Notifier.new(self)
   self.signals = Signals.new(self)
   self.recovery = Recovery.new(self)
+  self.periodic = Periodic.new(self)
   return self
 end
 
@@ -141,6 +144,8 @@ function Worker:main()
     self.recovery:round()                 -- what a dead worker left, before the first fetch
     side[#side + 1] = spawn(self.recovery)
   end
+  if self.opts.periodic and self.opts.wait then side[#side + 1] = spawn(self.periodic)
+  elseif self.opts.periodic then self.periodic:once() end      -- one-shot: what is due now, then run it
   local ok, err = self:await(spawn(self.fetcher))
   if not ok and self.forced and is_cancelled(err) then ok = true end
   self:stop()
