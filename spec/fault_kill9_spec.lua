@@ -47,12 +47,8 @@ local function started(args) return proc.start("worker " .. args) end
 
 -- Wait until the worker process registered (its "started" line names its id); returns the id.
 local function registered(w)
-  local id
-  proc.until_true(function()
-    id = w:output():match('worker "[^"]*" %(id (%d+)%) started')
-    return id ~= nil
-  end, 30, "a worker to register")
-  return id
+  w:wait_for('worker "[^"]*" %(id %d+%) started', 1, 30)
+  return w:output():match('worker "[^"]*" %(id (%d+)%) started')
 end
 
 -- kill -9, and the database's time right after.
@@ -72,13 +68,14 @@ describe("a worker killed with kill -9 mid-job", function()
     local first = defer(name, "hold", "L")
     local next_one = defer(name, "quick", "L")
     local a = started("--app " .. app .. " --name a " .. FAST)
-    proc.until_true(function() return row(name, first) ~= "todo|0|-" end, 30, "the job to start")
+    proc.until_true_while({ a }, function() return row(name, first) ~= "todo|0|-" end, 30, "the job to start")
     local dead = worker_of(name, first)
     assert.are.equal(dead, registered(a))
     local b = started("--app " .. app .. " --name b " .. FAST)
     registered(b)
     local killed_at = kill9(name, a)
-    proc.until_true(function() return row(name, next_one) == "succeeded|1|-" end, 60, "the next same-lock job to run")
+    proc.until_true_while({ b }, function() return row(name, next_one) == "succeeded|1|-" end, 60,
+      "the next same-lock job to run")
 
     local again_at = event_at(name, first, "started", 2)
     print(string.format("\n  kill -9 to the job running again: %.2f s (--stalled-worker-timeout 2, " ..
@@ -99,16 +96,17 @@ describe("a worker killed with kill -9 mid-job", function()
     local job = defer(name, "stuck", "L")
     local next_one = defer(name, "quick", "L")
     local a = started("--app " .. app .. " --name a " .. FAST)
-    proc.until_true(function() return row(name, job) ~= "todo|0|-" end, 30, "the job to start")
+    proc.until_true_while({ a }, function() return row(name, job) ~= "todo|0|-" end, 30, "the job to start")
     local b = started("--app " .. app .. " --name b " .. FAST)
     local b_id = registered(b)
     kill9(name, a)
     -- b puts it back (attempts 1), takes it again, and is killed in turn
-    proc.until_true(function() return row(name, job) == "doing|1|" .. b_id end, 60, "b to run the job again")
+    proc.until_true_while({ b }, function() return row(name, job) == "doing|1|" .. b_id end, 60, "b to run the job again")
     local c = started("--app " .. app .. " --name c " .. FAST)
     registered(c)
     kill9(name, b)
-    proc.until_true(function() return row(name, next_one) == "succeeded|1|-" end, 60, "the next same-lock job to run")
+    proc.until_true_while({ c }, function() return row(name, next_one) == "succeeded|1|-" end, 60,
+      "the next same-lock job to run")
     assert.are.equal("failed|2|-", row(name, job))
     assert.are.equal("deferred,started,scheduled,deferred_for_retry,started,failed", W.events(name, job))
     assert.matches(string.format("job %d stuck was left running by worker %s %%(no heartbeat for %%d+ s%%): " ..
@@ -122,17 +120,17 @@ describe("a worker killed with kill -9 mid-job", function()
     local without = proc.app_file(name, TASKS)
     local job = defer(name, "rare")
     local a = started("--app " .. app .. " --name a " .. FAST)
-    proc.until_true(function() return row(name, job) ~= "todo|0|-" end, 30, "the job to start")
+    proc.until_true_while({ a }, function() return row(name, job) ~= "todo|0|-" end, 30, "the job to start")
     local dead = worker_of(name, job)
     local stranger = started("--app " .. without .. " --name stranger " .. FAST)
     local idle = started("--app " .. app .. " --name idle --no-recover-stalled " .. FAST)
     registered(stranger)
     registered(idle)
     kill9(name, a)
-    proc.until_true(function() return stranger:output():match("not recovered here") end, 60, "the stranger to see the job")
+    stranger:wait_for("not recovered here", 1, 60)
     assert.are.equal("doing|0|" .. dead, row(name, job))
     local knows = started("--app " .. app .. " --name knows " .. FAST)
-    proc.until_true(function() return row(name, job) == "failed|1|-" end, 60, "the job to be recovered")
+    proc.until_true_while({ knows }, function() return row(name, job) == "failed|1|-" end, 60, "the job to be recovered")
     -- (knows, starting after the kill, pruned the dead worker's registration: the job names no worker now)
     assert.matches(string.format("job %d rare was left running by a worker that is gone: failed %%(its task " ..
       "does not retry%%)", job), knows:output())
@@ -164,7 +162,7 @@ for _, flavour in ipairs { "tarry", "procrastinate" } do
       local app = proc.app_file(name, TASKS)
       local first = defer(name, "hold", nil, N)
       local a = started("--app " .. app .. " --name a -c " .. N .. " " .. FAST)
-      proc.until_true(function() return W.count(name, "FROM procrastinate_jobs WHERE status = 'doing'") == N end,
+      proc.until_true_while({ a }, function() return W.count(name, "FROM procrastinate_jobs WHERE status = 'doing'") == N end,
         60, "the jobs to start")
       local others = {}
       for i = 1, 3 do
@@ -172,7 +170,7 @@ for _, flavour in ipairs { "tarry", "procrastinate" } do
         registered(others[i])
       end
       kill9(name, a)
-      proc.until_true(function()
+      proc.until_true_while(others, function()
         return W.count(name, "FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 2") == N
       end, 120, "every job to be re-run")
       assert.are.equal(0, W.count(name, "FROM (SELECT job_id FROM procrastinate_events WHERE type = " ..

@@ -271,7 +271,7 @@ app:task("again", { retry = 1 }, function(args, ctx) if ctx.job.attempts == 0 th
       ROW('default', 'boom', 0, NULL, NULL, '{}', NULL), ROW('default', 'again', 0, NULL, NULL, '{}', NULL)]
       ::procrastinate_job_to_defer_v1[])]])
     local w = proc.start("worker --app " .. app .. " --fetch-job-polling-interval 0.1")
-    proc.until_true(function()
+    proc.until_true_while({ w }, function()
       return W.count(name, "FROM procrastinate_jobs WHERE status IN ('succeeded', 'failed')") == 3
     end, 60, "the jobs to end")
     -- the worker is still registered, and none of the rows it finished or retried points at it
@@ -380,50 +380,41 @@ describe("a worker starting after another died", function()
 end)
 
 describe("tarry worker's recovery options", function()
-  local BIN = (os.getenv("TARRY_BUILD_DIR") or "build") .. "/bin/tarry"
+  local cli = require "support.cli"
   local app_path
   before_each(function()
-    app_path = os.tmpname() .. ".lua"
-    local f = assert(io.open(app_path, "w"))
-    f:write("return require('tarry').App{ connector = require('tarry').MemoryConnector() }\n")
-    f:close()
+    app_path = cli.write_file(os.tmpname() .. ".lua",
+      "return require('tarry').App{ connector = require('tarry').MemoryConnector() }\n")
   end)
   after_each(function() os.remove(app_path) end)
 
-  -- `env... tarry worker --app APP --one-shot args`: its stderr and exit code
+  -- `tarry worker --app APP --one-shot args...` with extra environment: its stderr and exit code
   local function worker(args, env)
-    local errfile = os.tmpname()
-    local p = assert(io.popen(string.format("env %s %s worker --app %s --one-shot %s 2>%s", env or "", BIN,
-      db.shell_quote(app_path), args, errfile)))
-    p:read("a")
-    local _, _, code = p:close()
-    local f = assert(io.open(errfile))
-    local err = f:read("a")
-    f:close()
-    os.remove(errfile)
-    return err, code
+    local r = cli.run({ "worker", "--app", app_path, "--one-shot", table.unpack(args) }, env)
+    return r.err, r.code
   end
 
   local TOO_SLOW = "the heartbeat interval %(5 s%) is not shorter than stalled_worker_timeout %(2 s%)"
+  local SLOW = { "--update-heartbeat-interval", "5", "--stalled-worker-timeout", "2" }
 
   it("reach the worker from the command line and from TARRY_* variables", function()
-    local err, code = worker("--update-heartbeat-interval 5 --stalled-worker-timeout 2")
+    local err, code = worker(SLOW)
     assert.are.equal(0, code, err)
     assert.matches(TOO_SLOW, err)
-    err, code = worker("", "TARRY_UPDATE_HEARTBEAT_INTERVAL=5 TARRY_STALLED_WORKER_TIMEOUT=2")
+    err, code = worker({}, { TARRY_UPDATE_HEARTBEAT_INTERVAL = "5", TARRY_STALLED_WORKER_TIMEOUT = "2" })
     assert.are.equal(0, code, err)
     assert.matches(TOO_SLOW, err)
     -- no recovery, no rounds: nothing checks the settings
-    err, code = worker("--update-heartbeat-interval 5 --stalled-worker-timeout 2 --no-recover-stalled")
+    err, code = worker({ "--no-recover-stalled", table.unpack(SLOW) })
     assert.are.equal(0, code, err)
     assert.is_nil(err:match("heartbeat interval"))
-    err = worker("--update-heartbeat-interval 5 --stalled-worker-timeout 2", "TARRY_NO_RECOVER_STALLED=1")
+    err = worker(SLOW, { TARRY_NO_RECOVER_STALLED = "1" })
     assert.is_nil(err:match("heartbeat interval"))
   end)
 
   it("refuse what is not a number of seconds, in one line, exit 2", function()
     for _, flag in ipairs { "--update-heartbeat-interval", "--stalled-worker-timeout" } do
-      local err, code = worker(flag .. " soon")
+      local err, code = worker({ flag, "soon" })
       assert.are.equal(2, code)
       assert.are.equal("tarry: " .. flag .. " must be a number of seconds >= 0, got 'soon'\n", err)
     end
