@@ -83,8 +83,10 @@ local function parse(argv, first, spec, short)
   end
   return opts, pos
 end
-M.parse = parse
+M.parse_options = parse
 M.usage_error = usage_error
+--- true when err is a command-line mistake (what M.main reports with exit code 2).
+function M.is_usage_error(err) return getmetatable(err) == UsageError end
 
 local function connector(global)
   return tarry.PgConnector{ conninfo = global.conninfo }
@@ -137,17 +139,22 @@ local DEFER_SPEC = { app = "value", queue = "value", lock = "value", ["queueing-
   priority = "value", at = "value", ["in"] = "value", ["ignore-already-enqueued"] = "flag",
   unknown = "flag" }
 
-local function cmd_defer(argv, first, global)
+-- defer's command line, checked: opts, the task name, its arguments and the per-defer overrides.
+local function defer_request(argv, first)
   local opts, pos = parse(argv, first, DEFER_SPEC)
   if #pos < 1 or #pos > 2 then usage_error("defer needs TASK and optionally JSON arguments") end
-  local task_name, args = pos[1], decode_args(pos[2] or "{}")
+  local overrides = schedule(opts)
+  overrides.queue, overrides.lock = opts.queue, opts.lock
+  overrides.queueing_lock, overrides.priority = opts["queueing-lock"], integer_option(opts, "priority")
+  return opts, pos[1], decode_args(pos[2] or "{}"), overrides
+end
+
+local function cmd_defer(argv, first, global)
+  local opts, task_name, args, overrides = defer_request(argv, first)
   local app = opts.app and load_app(opts.app) or tarry.App{ connector = connector(global) }
   if opts.app and not app:find_task(task_name) and not opts.unknown then
     usage_error("task %q is not in %s (pass --unknown to defer it anyway)", task_name, opts.app)
   end
-  local overrides = schedule(opts)
-  overrides.queue, overrides.lock = opts.queue, opts.lock
-  overrides.queueing_lock, overrides.priority = opts["queueing-lock"], integer_option(opts, "priority")
   -- A bad option value (empty task name, 41-byte queue, priority out of range) is a wrong command line.
   local valid, deferrer = pcall(app.configure_task, app, task_name, overrides)
   if not valid then usage_error("%s", tostring(deferrer)) end
@@ -164,8 +171,10 @@ local function cmd_defer(argv, first, global)
   error(res, 0)
 end
 
+local SCHEMA_SPEC = { apply = "flag", read = "flag" }
+
 local function cmd_schema(argv, first, global)
-  local opts = parse(argv, first, { apply = "flag", read = "flag" })
+  local opts = parse(argv, first, SCHEMA_SPEC)
   local schema = require "tarry.schema"
   if opts.apply == opts.read then usage_error("schema needs exactly one of --apply or --read") end
   if opts.read then io.write(schema.sql()); return 0 end
@@ -232,27 +241,56 @@ local function take_conninfo(argv)
   return rest, conninfo
 end
 
-local function dispatch(argv)
+-- The command argv names, after the global options: its name ("help" and "version" included; nil
+-- when there is none), argv without --conninfo, the index of the name, and the global options.
+local function find_command(argv)
   local global, i = {}, 1
   argv, global.conninfo = take_conninfo(argv)
   while argv[i] and argv[i]:sub(1, 1) == "-" do
     local a = argv[i]
-    if a == "--help" or a == "-h" then io.write(USAGE); return 0 end
-    if a == "--version" then print("tarry " .. tarry.version); return 0 end
+    if a == "--help" or a == "-h" then return "help", argv, i, global end
+    if a == "--version" then return "version", argv, i, global end
     usage_error("unknown option %s", a)
   end
   global.conninfo = global.conninfo or os.getenv("TARRY_CONNINFO")
   for j = i + 1, #argv do                  -- `tarry worker --help` and the like
     if argv[j] == "--" then break end
-    if argv[j] == "--help" or argv[j] == "-h" then io.write(USAGE); return 0 end
+    if argv[j] == "--help" or argv[j] == "-h" then return "help", argv, i, global end
   end
   local name = argv[i]
+  if name ~= nil and name ~= "help" and name ~= "version" and not COMMANDS[name] then
+    usage_error("unknown command %q (try tarry --help)", name)
+  end
+  return name, argv, i, global
+end
+
+local function dispatch(argv)
+  local name, rest, i, global = find_command(argv)
   if name == nil then io.stderr:write(USAGE); return 2 end
   if name == "help" then io.write(USAGE); return 0 end
   if name == "version" then print("tarry " .. tarry.version); return 0 end
-  local cmd = COMMANDS[name]
-  if not cmd then usage_error("unknown command %q (try tarry --help)", name) end
-  return cmd(argv, i + 1, global)
+  return COMMANDS[name](rest, i + 1, global)
+end
+
+--- Parse a command line without running anything (no database, no --app file is loaded):
+-- returns { command = NAME (nil, "help", "version" or a command), conninfo = ..., opts = {...},
+-- args = {...} } or raises a usage error (M.is_usage_error). The fuzz target feeds it argv.
+function M.parse(argv)
+  local name, rest, i, global = find_command(argv)
+  local cmd = { command = name, conninfo = global.conninfo, opts = {}, args = {} }
+  if name == "worker" then
+    local w = require "tarry.cli_worker"
+    cmd.opts, cmd.args = parse(rest, i + 1, w.SPEC, w.SHORT)
+  elseif name == "defer" then
+    local task, args
+    cmd.opts, task, args, cmd.overrides = defer_request(rest, i + 1)
+    cmd.args = { task, args }
+  elseif name == "schema" or name == "healthchecks" then
+    cmd.opts, cmd.args = parse(rest, i + 1, name == "schema" and SCHEMA_SPEC or {})
+  elseif name == "run" then
+    cmd.args = table.move(rest, i + 1, #rest, 1, {})
+  end
+  return cmd
 end
 
 --- Entry point of the executable: returns the exit code.

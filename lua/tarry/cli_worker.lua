@@ -21,7 +21,7 @@ local function number(cli, opts, name, integer)
 end
 
 function M.run(cli, argv, first)
-  local opts, pos = cli.parse(argv, first, M.SPEC, M.SHORT)
+  local opts, pos = cli.parse_options(argv, first, M.SPEC, M.SHORT)
   if #pos > 0 then cli.usage_error("worker takes no positional argument (got %q)", pos[1]) end
   if not opts.app then cli.usage_error("worker needs --app FILE (or TARRY_APP)") end
   local queues
