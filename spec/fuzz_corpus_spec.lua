@@ -115,3 +115,18 @@ describe("the command lines the fuzzer kept", function()
     end
   end)
 end)
+
+describe("what the fuzzers found", function()
+  it("a refusal keeps its reason when the path to the value is longer than the message allows", function()
+    -- json_roundtrip: a 1,400-byte key pushed "NUL byte in string" out of the 1 KB error message
+    local key = string.rep("k\127", 700)
+    local ok, err = pcall(tarry.json.encode, { [key] = "a\0b" })
+    assert.is_false(ok)
+    assert.matches('^value%["kk?\\127k.*%.%.%.: NUL byte in string at byte 2 %(PostgreSQL\'s jsonb rejects \\u0000%)$', err)
+    local long = string.rep("é", 600)                -- clipped after a whole character
+    ok, err = pcall(tarry.json.encode, { [long] = { x = print } })
+    assert.is_false(ok)
+    assert.matches('^value%["[\195\169]+%.%.%.: cannot encode a function$', err)
+    assert.is_true(utf8.len(err) ~= nil)
+  end)
+end)
