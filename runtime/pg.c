@@ -27,8 +27,7 @@ PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, s
     connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
     conn = PQconnectdbParams(kw, val, 1);
     if (conn && PQstatus(conn) == CONNECTION_OK) { tarry_pg_setup(conn); return conn; }
-    snprintf(err, errlen, "%s", conn ? PQerrorMessage(conn) : "out of memory");
-    for (size_t n = strlen(err); n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' '); n--) err[n - 1] = 0;
+    tarry_pg_error(conn, conninfo, err, errlen);
     PQfinish(conn);
     return NULL;
 }
@@ -173,6 +172,13 @@ int tarry_pg_params(lua_State *L, int first, int last, const char **params)
     return n < 0 ? 0 : n;
 }
 
+static void redact_in_place(const char *conninfo, char *text, size_t len)
+{
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", text);
+    tarry_pg_redact(conninfo, copy, text, len);
+}
+
 /* A printable description of a conninfo without secrets: "dbname=x host=y" ("(libpq defaults)"). */
 void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
 {
@@ -189,6 +195,7 @@ void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
     }
     PQconninfoFree(opts);
     if (!used) snprintf(out, outlen, "(libpq defaults)");
+    else redact_in_place(conninfo, out, outlen);   /* a dbname may be a conninfo with a password */
 }
 
 int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min)

@@ -185,8 +185,9 @@ static void conn_fail(aconn *c, const char *why)
 {
     char msg[512];
     areq *r = c->req;
-    snprintf(msg, sizeof msg, "%s: %s", why, c->pg ? PQerrorMessage(c->pg) : "out of memory");
-    for (size_t n = strlen(msg); n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '); n--) msg[n - 1] = 0;
+    char pgmsg[480];
+    tarry_pg_error(c->pg, c->pool->conninfo, pgmsg, sizeof pgmsg);
+    snprintf(msg, sizeof msg, "%s: %s", why, pgmsg);
     apool *p = c->pool;
     int connecting = c->state == CONN_CONNECTING;
     c->req = NULL;
@@ -306,8 +307,9 @@ static void conn_start(apool *p)
     PGconn *pg = tarry_pg_connect_start(p->conninfo, p->connect_timeout);
     aconn *c;
     if (!pg || PQstatus(pg) == CONNECTION_BAD) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "cannot connect to PostgreSQL: %s", pg ? PQerrorMessage(pg) : "out of memory");
+        char msg[512], pgmsg[480];
+        tarry_pg_error(pg, p->conninfo, pgmsg, sizeof pgmsg);
+        snprintf(msg, sizeof msg, "cannot connect to PostgreSQL: %s", pgmsg);
         PQfinish(pg);
         if (p->nconns == 0) fail_queue(p, msg);
         return;
