@@ -142,14 +142,26 @@ static size_t put_path(const Encoder *e, size_t len, const Step *s, int total)
     return put_step(e, len, s);
 }
 
+/* The path gets the room the message leaves (a long key must not push the reason out); a clipped
+   path ends with "..." after its last whole UTF-8 character. */
 static void vfail(const Encoder *e, const Step *at, const char *fmt, va_list ap)
 {
-    size_t len;
-    if (e->errlen > 0)
-        e->err[0] = '\0';
-    len = put(e, put_path(e, 0, at, at ? at->level : 0), ": ");
-    if (len + 1 < e->errlen)
-        vsnprintf(e->err + len, e->errlen - len, fmt, ap);
+    char msg[256];
+    size_t len, room;
+    Encoder path = *e;
+    if (e->errlen == 0)
+        return;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    room = strlen(msg) + 3; /* ": " and the NUL */
+    if (e->errlen > room + 8)
+        path.errlen = e->errlen - room;
+    e->err[0] = '\0';
+    len = put_path(&path, 0, at, at ? at->level : 0);
+    if (len + 1 >= path.errlen && path.errlen < e->errlen) {
+        len = utf8_valid(e->err, len > 3 ? len - 3 : 0);
+        len += (size_t)snprintf(e->err + len, e->errlen - len, "...");
+    }
+    snprintf(e->err + len, e->errlen - len, ": %s", msg);
 }
 
 /* Writes "<path of at>: <message>" to the error buffer; returns NULL. */

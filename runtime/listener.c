@@ -424,7 +424,7 @@ int tarry_listen(lua_State *L)
     l->pg = tarry_pg_connect_start(conninfo, timeout);
     if (!l->pg || PQstatus(l->pg) == CONNECTION_BAD) {
         char msg[400];
-        tarry_pg_message(msg, sizeof msg, l->pg ? PQerrorMessage(l->pg) : "out of memory");
+        tarry_pg_error(l->pg, conninfo, msg, sizeof msg);   /* one line, no password */
         tarry_push_error(L, "connection", "cannot connect to PostgreSQL: %s", msg);
         return lua_error(L);
     }

@@ -42,7 +42,7 @@ PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, s
         PQsetnonblocking(conn, 1);       /* tarry_pg_exec waits with poll() and a deadline */
         return conn;
     }
-    tarry_pg_message(err, errlen, conn ? PQerrorMessage(conn) : "out of memory");
+    tarry_pg_error(conn, conninfo, err, errlen);   /* one line, no password */
     PQfinish(conn);
     return NULL;
 }
@@ -275,6 +275,13 @@ int tarry_pg_params(lua_State *L, int first, int last, const char **params)
     return n < 0 ? 0 : n;
 }
 
+static void redact_in_place(const char *conninfo, char *text, size_t len)
+{
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", text);
+    tarry_pg_redact(conninfo, copy, text, len);
+}
+
 /* A printable description of a conninfo without secrets: "dbname=x host=y" ("(libpq defaults)"). */
 void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
 {
@@ -291,6 +298,7 @@ void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
     }
     PQconninfoFree(opts);
     if (!used) snprintf(out, outlen, "(libpq defaults)");
+    else redact_in_place(conninfo, out, outlen);   /* a dbname may be a conninfo with a password */
 }
 
 int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min)

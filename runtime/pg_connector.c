@@ -199,7 +199,7 @@ static void conn_drop(aconn *c, const char *msg)
 static void conn_fail(aconn *c, const char *why)
 {
     char pqmsg[400], msg[512];
-    tarry_pg_message(pqmsg, sizeof pqmsg, c->pg ? PQerrorMessage(c->pg) : "out of memory");
+    tarry_pg_error(c->pg, c->pool->conninfo, pqmsg, sizeof pqmsg);
     snprintf(msg, sizeof msg, "%s: %s", why, pqmsg);
     conn_drop(c, msg);
 }
@@ -320,8 +320,9 @@ static void conn_start(apool *p)
     PGconn *pg = tarry_pg_connect_start(p->conninfo, p->connect_timeout);
     aconn *c;
     if (!pg || PQstatus(pg) == CONNECTION_BAD) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "cannot connect to PostgreSQL: %s", pg ? PQerrorMessage(pg) : "out of memory");
+        char msg[512], pgmsg[480];
+        tarry_pg_error(pg, p->conninfo, pgmsg, sizeof pgmsg);
+        snprintf(msg, sizeof msg, "cannot connect to PostgreSQL: %s", pgmsg);
         PQfinish(pg);
         if (p->nconns == 0) fail_queue(p, msg);
         return;

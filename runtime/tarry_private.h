@@ -93,6 +93,12 @@ void tarry_pg_message(char *out, size_t outlen, const char *msg);
 double tarry_monotonic(void);                       /* seconds, CLOCK_MONOTONIC */
 /* A printable description of a conninfo, without its password. */
 void tarry_pg_describe(const char *conninfo, char *out, size_t outlen);
+/* ---- conninfo.c: no password of a conninfo in what tarry prints ---- */
+/* text into out (outlen bytes) with each password conninfo holds (keyword, URI user info or query
+   parameter, also in a dbname that is a conninfo) replaced by "***". */
+void tarry_pg_redact(const char *conninfo, const char *text, char *out, size_t outlen);
+/* pg's last error message, trimmed and redacted with conninfo ("out of memory" without pg). */
+void tarry_pg_error(PGconn *pg, const char *conninfo, char *out, size_t outlen);
 /* Read query parameters from Lua values at [first, last] into params (strings kept on the stack).  */
 int tarry_pg_params(lua_State *L, int first, int last, const char **params);
 

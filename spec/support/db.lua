@@ -1,6 +1,12 @@
 -- Test databases on the throwaway PostgreSQL that scripts/with-postgres starts.
 -- Every spec gets its own database, cloned from a template that has tarry's schema.
+-- The specs run as an ordinary role (the PG* variables: no SUPERUSER, CREATEDB or CREATEROLE) that
+-- owns these databases; creating and dropping them takes the cluster's superuser, which
+-- scripts/with-postgres gives in TARRY_TEST_SUPERUSER / TARRY_TEST_SUPERPASSWORD (without them,
+-- against a server of your own, everything runs as the PG* role).
 local db = {}
+
+local SUPERUSER, SUPERPASSWORD = os.getenv("TARRY_TEST_SUPERUSER"), os.getenv("TARRY_TEST_SUPERPASSWORD")
 
 local counter = 0
 local template_ready = false
@@ -10,18 +16,45 @@ local function shell_quote(s)
 end
 db.shell_quote = shell_quote
 
---- Run SQL through psql on database `name`; returns stdout. Raises with psql's stderr on error.
-function db.psql(name, sql)
+-- The environment that makes a psql or tarry command line run as the superuser ("" without one).
+local function superuser_env()
+  if not SUPERUSER then return "" end
+  return string.format("PGUSER=%s PGPASSWORD=%s ", shell_quote(SUPERUSER), shell_quote(SUPERPASSWORD or ""))
+end
+
+local function run_psql(env, name, sql)
   local errfile = os.tmpname()
-  local cmd = string.format("psql -X -q -At -F '\t' -v ON_ERROR_STOP=1 -d %s -c %s 2>%s",
-    shell_quote(name), shell_quote(sql), errfile)
+  local cmd = string.format("%spsql -X -q -At -F '\t' -v ON_ERROR_STOP=1 -d %s -c %s 2>%s",
+    env, shell_quote(name), shell_quote(sql), errfile)
   local p = assert(io.popen(cmd, "r"))
   local out = p:read("a")
   local ok = p:close()
   local f = io.open(errfile); local err = f and f:read("a") or ""; if f then f:close() end
   os.remove(errfile)
+  -- level 2: db.psql and db.superuser_psql tail-call here, so that is their caller
   if not ok then error("psql failed: " .. err .. "\nSQL: " .. sql, 2) end
   return out
+end
+
+--- Run SQL through psql on database `name`, as the specs' role; returns stdout. Raises with
+--- psql's stderr on error.
+function db.psql(name, sql) return run_psql("", name, sql) end
+
+--- The same as the cluster's superuser, for what the specs' role may not do (a spec that needs
+--- this says why).
+function db.superuser_psql(name, sql) return run_psql(superuser_env(), name, sql) end
+
+--- A libpq connection string for database `name` as the superuser (the role's own without one).
+function db.superuser_conninfo(name)
+  if not SUPERUSER then return db.conninfo(name) end
+  return string.format("dbname=%s user=%s password=%s", name, SUPERUSER, SUPERPASSWORD or "")
+end
+
+-- " OWNER <the specs' role>" when databases are made by the superuser for that role.
+local function owner_clause()
+  local role = os.getenv("PGUSER")
+  if not SUPERUSER or not role or role == SUPERUSER then return "" end
+  return ' OWNER "' .. role:gsub('"', '""') .. '"'
 end
 
 --- Run SQL on `name` and return the rows as arrays of strings (NULL is nil, the separator is a tab).
@@ -53,8 +86,8 @@ end
 
 local function ensure_template()
   if template_ready then return end
-  db.psql("postgres", "DROP DATABASE IF EXISTS tarry_template")
-  db.psql("postgres", "CREATE DATABASE tarry_template")
+  db.superuser_psql("postgres", "DROP DATABASE IF EXISTS tarry_template")
+  db.superuser_psql("postgres", "CREATE DATABASE tarry_template" .. owner_clause())
   db.apply_schema_file("tarry_template", "lua/tarry/schema.sql")
   template_ready = true
 end
@@ -70,16 +103,16 @@ function db.fresh(opts)
     name = string.format("tarry_spec_%d_%d", math.floor(os.time() % 100000), counter)
   end
   if opts.schema == false then
-    db.psql("postgres", "CREATE DATABASE " .. name)
+    db.superuser_psql("postgres", "CREATE DATABASE " .. name .. owner_clause())
   else
     ensure_template()
-    db.psql("postgres", "CREATE DATABASE " .. name .. " TEMPLATE tarry_template")
+    db.superuser_psql("postgres", "CREATE DATABASE " .. name .. " TEMPLATE tarry_template" .. owner_clause())
   end
   return name
 end
 
 function db.drop(name)
-  db.psql("postgres", "DROP DATABASE IF EXISTS " .. name .. " WITH (FORCE)")
+  db.superuser_psql("postgres", "DROP DATABASE IF EXISTS " .. name .. " WITH (FORCE)")
 end
 
 function db.conninfo(name)
