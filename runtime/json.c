@@ -158,7 +158,7 @@ static void vfail(const Encoder *e, const Step *at, const char *fmt, va_list ap)
     e->err[0] = '\0';
     len = put_path(&path, 0, at, at ? at->level : 0);
     if (len + 1 >= path.errlen && path.errlen < e->errlen) {
-        len = utf8_valid(e->err, len > 3 ? len - 3 : 0);
+        len = tarry_json_utf8_valid(e->err, len > 3 ? len - 3 : 0);
         len += (size_t)snprintf(e->err + len, e->errlen - len, "...");
     }
     snprintf(e->err + len, e->errlen - len, ": %s", msg);

@@ -225,7 +225,7 @@ describe("a password in a conninfo or URI", function()
   it("is masked, not dropped: the messages still say what is wrong", function()
     local err = sync_error("postgresql://u:" .. SECRET .. "%zz@127.0.0.1:1/x")
     assert.are.equal('cannot connect to PostgreSQL: invalid percent-encoded token: "***"', err.message)
-    assert.are.equal("<tarry.PgConnector dbname=postgresql://u:***@127.0.0.1:1/x, closed>",
+    assert.are.equal("<tarry.PgConnector dbname=postgresql://u:***@127.0.0.1:1/x, not open>",
       tostring(tarry.PgConnector{ conninfo = "dbname=postgresql://u:" .. SECRET .. "@127.0.0.1:1/x" }))
   end)
 end)
