@@ -355,8 +355,9 @@ static void dispatch(apool *p)
 
 /* The parked coroutine stopped waiting (interrupted or cancelled; or the runtime is going
    away, whose pools were closed before). A queued request is dropped; a sent one takes its
-   connection along, so its slot is free at once: closing it rolls back what the query did, and
-   PostgreSQL ends the query when it notices (at once with client_connection_check_interval). */
+   connection along, so its slot is free at once. As after any lost connection, the statement
+   may still complete: PostgreSQL notices the client is gone when it next writes to it (or,
+   with client_connection_check_interval, while the statement runs). */
 static void req_abandon(void *data)
 {
     areq *r = data;

@@ -222,7 +222,7 @@ describe("the MemoryConnector's worker", function()
     local spins = 0
     app:task("spin", { timeout = 0.05 }, function(_, ctx)
       while not ctx:should_abort() do spins = spins + 1 end
-      return "stopped"
+      return spins            -- a number, as a task may return
     end)
     local id = app.tasks.spin:defer{}
     local log = io.tmpfile()

@@ -128,6 +128,7 @@ function Runner:outcome(entry, ok, failure, def)
     o.delete = delete_jobs ~= "never"
     return o, "info", "job_succeeded", "succeeded"
   end
+  if ok then failure = nil end            -- the task returned (after a stop): its results are not a failure
   local err, said = failure and failure.err, nil
   if entry.stop == "timeout" then err, said = stop_error(entry), string.format("timed out after %g s", entry.timeout) end
   local judged, delay = pcall(retry.delay, def and def.retry, job.attempts, err)
