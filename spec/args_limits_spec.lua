@@ -187,9 +187,9 @@ describe("tarry defer refusing what PostgreSQL could not store", function()
   end
 
   it("says a task name or queue is not valid UTF-8 (exit 2)", function()
-    -- (The words before the last colon name the API call the command made.)
+    -- (The CLI names the argument as its usage does: TASK.)
     local code, err = defer("ab\xff")
-    assert.are.same({ 2, "task name must be valid UTF-8 (invalid byte at position 3)\n" },
+    assert.are.same({ 2, "TASK must be valid UTF-8 (invalid byte at position 3)\n" },
       { code, err:match(": ([^:]*)$") })
     code, err = defer("--queue", "q\xc3", "add")
     assert.are.same({ 2, "queue must be valid UTF-8 (invalid byte at position 2)\n" },

@@ -2,42 +2,10 @@
 -- --app, what belongs to a script, errors without tarry's internals, --json, --from, completions.
 local db = require "support.db"
 
-local BIN = (os.getenv("TARRY_BUILD_DIR") or "build") .. "/bin/tarry"
+local cli = require "support.cli"
+local BIN = cli.BIN
+local run, read_file, write_file = cli.run, cli.read_file, cli.write_file
 local q = db.shell_quote
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function read_file(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
---- `tarry argv...` with extra environment, in directory `cwd`: { out, err, code, err_lines }.
-local function run(argv, env, cwd, stdin)
-  local words = { "exec env" }
-  for k, v in pairs(env or {}) do words[#words + 1] = k .. "=" .. q(v) end
-  words[#words + 1] = q(BIN:sub(1, 1) == "/" and BIN or (os.getenv("PWD") .. "/" .. BIN))
-  for _, a in ipairs(argv) do words[#words + 1] = q(a) end
-  local errfile = os.tmpname()
-  local cmd = table.concat(words, " ") .. " 2>" .. errfile .. (stdin and (" <" .. q(stdin)) or "")
-  if cwd then cmd = "cd " .. q(cwd) .. " && " .. cmd end
-  local pipe = assert(io.popen(cmd, "r"))
-  local out = pipe:read("a")
-  local _, how, code = pipe:close()
-  local err = read_file(errfile)
-  os.remove(errfile)
-  assert(how == "exit", "tarry was killed by signal " .. tostring(code) .. ": " .. err)
-  local lines = 0
-  for _ in err:gmatch("[^\n]*\n") do lines = lines + 1 end
-  return { out = out, err = err, code = code, err_lines = lines }
-end
 
 local function tmpdir()
   local dir = os.tmpname()
@@ -127,7 +95,7 @@ COMP_WORDS=(tarry worker --delete-jobs s); COMP_CWORD=3; _tarry; echo "${COMPREP
     local out = p:read("a")
     p:close()
     os.remove(script)
-    assert.are.equal("worker\nsuccessful\n", out)
+    assert.are.equal("worker workers\nsuccessful\n", out)
   end)
 end)
 

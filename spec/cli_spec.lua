@@ -3,46 +3,9 @@
 local tarry = require "tarry"
 local db = require "support.db"
 
-local BIN = (os.getenv("TARRY_BUILD_DIR") or "build") .. "/bin/tarry"
+local cli = require "support.cli"
+local run, run_on, read_file, write_file = cli.run, cli.run_on, cli.read_file, cli.write_file
 local q = db.shell_quote
-
-local function read_file(path)
-  local f = assert(io.open(path))
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
---- Runs `tarry argv...` with extra environment variables; returns { out, err, code, err_lines }.
-local function run(argv, env)
-  local words = { "exec env" }
-  for k, v in pairs(env or {}) do words[#words + 1] = k .. "=" .. q(v) end
-  words[#words + 1] = q(BIN)
-  for _, a in ipairs(argv) do words[#words + 1] = q(a) end
-  local errfile = os.tmpname()
-  local pipe = assert(io.popen(table.concat(words, " ") .. " 2>" .. errfile, "r"))
-  local out = pipe:read("a")
-  local _, how, code = pipe:close()
-  local err = read_file(errfile)
-  os.remove(errfile)
-  assert(how == "exit", "tarry was killed by signal " .. tostring(code) .. ": " .. err)
-  local lines = 0
-  for _ in err:gmatch("[^\n]*\n") do lines = lines + 1 end
-  return { out = out, err = err, code = code, err_lines = lines }
-end
-
---- `tarry --conninfo dbname=<name> argv...`
-local function run_on(name, argv, env)
-  local full = { "--conninfo", db.conninfo(name) }
-  for _, a in ipairs(argv) do full[#full + 1] = a end
-  return run(full, env)
-end
 
 local function count_jobs(name)
   return tonumber(db.value(name, "SELECT count(*) FROM procrastinate_jobs"))

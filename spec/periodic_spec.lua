@@ -1,8 +1,8 @@
 -- Periodic tasks: registering schedules on an app, which ticks are due, and deferring a tick at
 -- most once across every worker (store:defer_periodic through procrastinate_defer_periodic_job_v2),
 -- on PostgreSQL (with and without tarry's serialising function) and on the MemoryConnector.
--- The worker's loop that calls Periodic.defer_due every second comes with the worker's
--- restructuring; here the entry point is called directly.
+-- Here the worker's entry point is called directly; spec/worker_periodic_spec.lua has the
+-- workers that call it.
 local tarry = require "tarry"
 local Periodic = require "tarry.periodic"
 local Store = require "tarry.store"

@@ -70,8 +70,10 @@ describe("a database with Procrastinate's row-level triggers", function()
     assert.are.same({ "failed", 2 }, W.state(t.name, flaky))
     assert.are.equal("deferred,started,scheduled,deferred_for_retry,started,failed", W.events(t.name, flaky))
     assert.are.same({ "todo", 1 }, W.state(t.name, later))
-    -- Unregistering sets the todo job's worker_id to NULL: an update the scheduled trigger logs.
-    assert.are.equal("deferred,started,scheduled,deferred_for_retry,scheduled", W.events(t.name, later))
+    -- The retry cleared the job's worker_id: unregistering the worker does not update the row. (With
+    -- Procrastinate's functions it keeps it, and the FK's SET NULL on unregister is an update the
+    -- scheduled trigger logs: one more `scheduled` event.)
+    assert.are.equal("deferred,started,scheduled,deferred_for_retry", W.events(t.name, later))
     assert.are.same({ "failed", 1 }, W.state(t.name, unknown))
     assert.are.equal("deferred,started,failed", W.events(t.name, unknown))
   end)

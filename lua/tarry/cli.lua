@@ -128,8 +128,10 @@ end
 local function print_help(topic, stream)
   local parser = M.parser(function() end)
   local target = parser
-  if topic then
-    for _, c in ipairs(parser._commands) do if c._name == topic then target = c end end
+  for word in (topic or ""):gmatch("%S+") do       -- "jobs list": the list command of jobs
+    for _, c in ipairs(target._commands) do
+      if c._name == word then target = c; break end
+    end
   end
   stream:write(target:get_help(), "\n")
 end
@@ -193,6 +195,12 @@ local COMMANDS = {
   worker = function(cmd) return require("tarry.cli_worker").run(M, cmd) end,
   schema = function(cmd) return require("tarry.cli_admin").schema(M, cmd) end,
   healthchecks = function(cmd) return require("tarry.cli_admin").healthchecks(M, cmd) end,
+  jobs = function(cmd) return require("tarry.cli_jobs").run(M, cmd) end,
+  queues = function(cmd) return require("tarry.cli_jobs").counts(M, cmd) end,
+  tasks = function(cmd) return require("tarry.cli_jobs").counts(M, cmd) end,
+  locks = function(cmd) return require("tarry.cli_jobs").counts(M, cmd) end,
+  workers = function(cmd) return require("tarry.cli_jobs").workers(M, cmd) end,
+  shell = function(cmd) return require("tarry.cli_shell").run(M, cmd) end,
   run = cmd_run,
   help = function(cmd)
     if cmd.missing then print_help(nil, io.stderr); return 2 end

@@ -35,6 +35,56 @@ function Output.is_terminal(fd)
   return os.execute(string.format("test -t %d", fd or 2)) == true
 end
 
+-- ---- tables ----
+
+local function width(s)
+  return utf8.len(s) or #s
+end
+
+--- An aligned text table: `headers` a list of column titles, `rows` a list of lists of cells
+-- (strings or numbers; nil shows as "-"). A column of numbers aligns right, the others left;
+-- columns are two spaces apart, lines carry no trailing blanks. Returns the text, without a final
+-- newline.
+function Output.table(headers, rows)
+  local widths, right, cells = {}, {}, {}
+  for i, h in ipairs(headers) do widths[i] = width(h) end
+  for r, row in ipairs(rows) do
+    cells[r] = {}
+    for i = 1, #headers do
+      local v = row[i]
+      if type(v) == "number" then right[i] = true end
+      cells[r][i] = v == nil and "-" or tostring(v)
+      widths[i] = math.max(widths[i], width(cells[r][i]))
+    end
+  end
+  local function line(list)
+    local parts = {}
+    for i, text in ipairs(list) do
+      local pad = string.rep(" ", widths[i] - width(text))
+      parts[i] = right[i] and (pad .. text) or (text .. pad)
+    end
+    return (table.concat(parts, "  "):gsub("%s+$", ""))
+  end
+  local out = { line(headers) }
+  for r = 1, #cells do out[r + 1] = line(cells[r]) end
+  return table.concat(out, "\n")
+end
+
+--- A unix time as ISO 8601 in UTC (`2030-01-01T10:00:00Z`; with `ms`, milliseconds too), nil for nil.
+function Output.time(t, ms)
+  if t == nil then return nil end
+  local s = math.floor(t)
+  local text = os.date("!%Y-%m-%dT%H:%M:%S", s)
+  if ms then text = text .. string.format(".%03d", math.floor((t - s) * 1000)) end
+  return text .. "Z"
+end
+
+--- `text` cut to `max` characters, an ellipsis at the end when it was longer.
+function Output.truncate(text, max)
+  if width(text) <= max then return text end
+  return text:sub(1, (utf8.offset(text, max) or (max + 1)) - 1) .. "…"
+end
+
 local Bar = {}
 Bar.__index = Bar
 local WIDTH = 30

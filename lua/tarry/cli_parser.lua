@@ -4,12 +4,14 @@
 -- @module tarry.cli_parser
 local tarry = require "tarry"
 local timeparse = require "tarry.timeparse"
+local Store = require "tarry.store"
 
 local M = {}
 
 local MAX_TIME = 253402300799          -- 9999-12-31T23:59:59Z: PostgreSQL's timestamptz goes further,
                                        -- but nothing sensible is scheduled beyond it
 local QUEUE_BYTES = 40                 -- a queue names a NOTIFY channel
+local FINISHED_STATUSES = { "succeeded", "failed", "cancelled", "aborted" }
 
 -- ---- converters: a word -> a value, or nil and the message of a usage error ----
 
@@ -90,6 +92,38 @@ local function json_object(s)
 end
 M.json_object = json_object
 
+-- Statuses, comma-separated, each one of `allowed` (a list, in the enum's order).
+local function status_list(name, allowed)
+  local known = {}
+  for _, st in ipairs(allowed) do known[st] = true end
+  return function(s)
+    local list = {}
+    for w in s:gmatch("[^,%s]+") do
+      if not known[w] then
+        return nil, string.format("%s: '%s' is not one of %s", name, w, table.concat(allowed, ", "))
+      end
+      list[#list + 1] = w
+    end
+    if #list == 0 then return nil, string.format("%s needs at least one of %s", name, table.concat(allowed, ", ")) end
+    return list
+  end
+end
+
+local function hours(s)
+  local n = tonumber(s)
+  if not n or n ~= n or n < 0 or n == math.huge then
+    return nil, string.format("--max-hours must be a number of hours >= 0, got '%s'", s)
+  end
+  return n
+end
+
+local function non_empty(name)
+  return function(s)
+    if s == "" then return nil, name .. " must not be empty" end
+    return s
+  end
+end
+
 -- ---- the parser ----
 
 -- Every option that reads TARRY_<TARGET> when absent, per command ("" for the root).
@@ -144,6 +178,16 @@ local function define_worker(p, on_help)
     { choices = { "never", "successful", "always" } })
   option(c, "worker", "--shutdown-graceful-timeout", "Seconds running jobs get to finish after the first signal "
     .. "(default: no limit).", { argname = "S", convert = seconds("--shutdown-graceful-timeout") })
+  option(c, "worker", "--update-heartbeat-interval", "Seconds between two heartbeats (default 10).",
+    { argname = "S", convert = seconds("--update-heartbeat-interval") })
+  option(c, "worker", "--stalled-worker-timeout", "Seconds without a heartbeat after which a worker counts as "
+    .. "dead and the jobs it left running are recovered (default 30).",
+    { argname = "S", convert = seconds("--stalled-worker-timeout") })
+  option(c, "worker", "--no-recover-stalled", "Do not recover the jobs dead workers left running (retried or "
+    .. "failed by their task's retry rule).", { flag = true })
+  option(c, "worker", "--no-periodic", "Do not defer the app's periodic (cron) tasks.", { flag = true })
+  option(c, "worker", "--periodic-max-delay", "Catch up periodic ticks missed up to S seconds ago (default 600); "
+    .. "older ones are skipped.", { argname = "S", convert = seconds("--periodic-max-delay") })
   option(c, "worker", "--log-format", "human (default) or json (one object per line).", { choices = { "human", "json" } })
   option(c, "worker", "--log-level", "debug, info (default), warning or error.",
     { choices = { "debug", "info", "warning", "error" } })
@@ -192,6 +236,109 @@ local function define_admin(p, on_help)
   conninfo(c, "healthchecks")
 end
 
+-- The options of the commands that work on app.jobs: --app, --json and --conninfo.
+local function manager_options(c, scope, json_text)
+  option(c, scope, "--app", "A Lua file that returns the tarry.App (default: an app on a PgConnector of "
+    .. "--conninfo, or of libpq's PG* variables).", { argname = "FILE" })
+  option(c, scope, "--json", json_text or "Print the result as JSON (a listing: an array).", { flag = true })
+  conninfo(c, scope)
+end
+
+-- The filters of jobs:list, jobs:queues and the like.
+local function filters(c, scope, which)
+  local texts = { queue = "Only jobs of this queue.", task = "Only jobs of this task.",
+    status = "Only jobs in these statuses (comma-separated: " .. table.concat(Store.STATUSES, ",") .. ").",
+    lock = "Only jobs holding this lock." }
+  local props = { queue = { argname = "Q", convert = non_empty("--queue") },
+    task = { argname = "TASK", convert = non_empty("--task") },
+    status = { argname = "S1,S2", convert = status_list("--status", Store.STATUSES) },
+    lock = { argname = "L", convert = non_empty("--lock") } }
+  for _, name in ipairs(which) do option(c, scope, "--" .. name, texts[name], props[name]) end
+end
+
+local function job_id(c)
+  c:argument("ID", "The job's id."):target("id"):convert(whole("ID", 1))
+end
+
+local function define_jobs_lookups(jobs, on_help)
+  local c = jobs:command("list", "List jobs in id order, filtered; --limit per page, --after-id for the next.")
+  help_flag(c, on_help)
+  filters(c, "jobs list", { "queue", "task", "status", "lock" })
+  option(c, "jobs list", "--queueing-lock", "Only jobs holding this queueing lock.",
+    { argname = "QL", convert = non_empty("--queueing-lock") })
+  option(c, "jobs list", "--worker-id", "Only jobs run by this worker (see `tarry workers`).",
+    { argname = "ID", convert = whole("--worker-id", 1) })
+  option(c, "jobs list", "--limit", "At most N jobs (default 100).", { argname = "N", convert = whole("--limit", 1) })
+  option(c, "jobs list", "--after-id", "Only jobs whose id is greater (the next page).",
+    { argname = "ID", convert = whole("--after-id", 0) })
+  manager_options(c, "jobs list")
+  c = jobs:command("show", "Show one job: its fields and its events.")
+  help_flag(c, on_help)
+  job_id(c)
+  manager_options(c, "jobs show", "Print the job as a JSON object, with its events.")
+  c = jobs:command("stalled", "List the running jobs whose worker sent no heartbeat for --seconds (or is gone).")
+  help_flag(c, on_help)
+  option(c, "jobs stalled", "--seconds", "Heartbeat age in seconds (default 30).",
+    { argname = "S", convert = seconds("--seconds") })
+  filters(c, "jobs stalled", { "queue", "task" })
+  manager_options(c, "jobs stalled")
+end
+
+local function define_jobs_changes(jobs, on_help)
+  local c = jobs:command("cancel", "Cancel a job that has not started (todo -> cancelled).")
+  help_flag(c, on_help)
+  job_id(c)
+  option(c, "jobs cancel", "--delete", "Delete the job instead of keeping it cancelled.", { flag = true, env = false })
+  manager_options(c, "jobs cancel", "Print the outcome as a JSON object.")
+  c = jobs:command("abort", "Abort a job: a running one is stopped by its worker at its next yield point and "
+    .. "ends aborted; one that has not started is cancelled.")
+  help_flag(c, on_help)
+  job_id(c)
+  manager_options(c, "jobs abort", "Print the outcome as a JSON object.")
+  c = jobs:command("retry", "Put a failed job (or a running one whose worker died) back to todo.")
+  help_flag(c, on_help)
+  job_id(c)
+  option(c, "jobs retry", "--at", "When to run it (as for defer; default now).", { argname = "TIME", convert = at_time })
+  option(c, "jobs retry", "--in", "Run it in SECONDS.", { argname = "SECONDS", convert = in_seconds })
+  option(c, "jobs retry", "--priority", "Its new priority.", { argname = "N", convert = priority })
+  option(c, "jobs retry", "--queue", "Its new queue.", { argname = "Q", convert = queue_name("--queue") })
+  option(c, "jobs retry", "--lock", "Its new lock.", { argname = "L", convert = non_empty("--lock") })
+  manager_options(c, "jobs retry", "Print the job, retried, as a JSON object.")
+  c = jobs:command("delete-old", "Delete the finished jobs (and their events) whose latest event is older than "
+    .. "--max-hours; print how many.")
+  help_flag(c, on_help)
+  option(c, "jobs delete-old", "--max-hours", "The age in hours (required).", { argname = "H", convert = hours })
+  option(c, "jobs delete-old", "--queue", "Only jobs of this queue.", { argname = "Q", convert = non_empty("--queue") })
+  option(c, "jobs delete-old", "--status", "Statuses to delete (comma-separated: succeeded,failed,cancelled,aborted; "
+    .. "default succeeded).", { argname = "S1,S2", convert = status_list("--status", FINISHED_STATUSES) })
+  manager_options(c, "jobs delete-old", "Print the count as a JSON object.")
+end
+
+local function define_jobs(p, on_help)
+  local jobs = p:command("jobs", "Look at and act on jobs: list, show, cancel, abort, retry, stalled, delete-old "
+    .. "(`tarry jobs ACTION --help`).")
+  jobs:command_target("action"):require_command(false)    -- FINISH.jobs names the actions instead
+    :usage("Usage: tarry jobs [-h] <command> ...")
+  help_flag(jobs, on_help)
+  define_jobs_lookups(jobs, on_help)
+  define_jobs_changes(jobs, on_help)
+  for _, what in ipairs { "queues", "tasks", "locks" } do
+    local c = p:command(what, string.format("Count the jobs of each %s per status.", what:sub(1, -2)))
+    help_flag(c, on_help)
+    filters(c, what, { "queue", "task", "status", "lock" })
+    manager_options(c, what)
+  end
+  local c = p:command("workers", "List the registered workers: last heartbeat and jobs running.")
+  help_flag(c, on_help)
+  manager_options(c, "workers")
+  c = p:command("shell", "A Lua REPL with `app` (from --app), `jobs` (app.jobs) and `tarry` preloaded; reads "
+    .. "stdin (a terminal or a pipe) until end of input.")
+  help_flag(c, on_help)
+  option(c, "shell", "--app", "A Lua file that returns the tarry.App (default: an app on a PgConnector of "
+    .. "--conninfo, or of libpq's PG* variables).", { argname = "FILE" })
+  conninfo(c, "shell")
+end
+
 local function define_misc(p, on_help, names)
   local c = p:command("run", "Run a Lua script inside tarry's runtime (require \"tarry\" works). Every word "
     .. "after SCRIPT is the script's, in arg and ...; its directory goes on package.path.")
@@ -207,6 +354,10 @@ local function define_misc(p, on_help, names)
   help_flag(c, on_help)
   c:argument("SHELL", "bash, zsh or fish."):target("shell"):choices { "bash", "zsh", "fish" }
 end
+
+--- The top-level commands, in the order of the help.
+M.COMMANDS = { "worker", "defer", "schema", "healthchecks", "jobs", "queues", "tasks", "locks", "workers", "shell",
+  "run", "help", "version", "completion" }
 
 --- The parser. `on_help(p)` runs when -h/--help is met for (sub)parser p, and must raise.
 function M.build(argparse, on_help)
@@ -226,13 +377,16 @@ function M.build(argparse, on_help)
   define_worker(p, on_help)
   define_defer(p, on_help)
   define_admin(p, on_help)
-  define_misc(p, on_help, { "worker", "defer", "schema", "healthchecks", "run", "help", "version", "completion" })
+  define_jobs(p, on_help)
+  define_misc(p, on_help, M.COMMANDS)
   return p
 end
 
---- The command a (sub)parser stands for, or nil for the root.
+--- The command a (sub)parser stands for ("defer", "jobs list"), or nil for the root.
 function M.topic_of(p)
-  return p._parent and p._name or nil
+  if not p._parent then return nil end
+  local parent = M.topic_of(p._parent)
+  return parent and (parent .. " " .. p._name) or p._name
 end
 
 --- `-c -3`, `--priority -2`: argparse reads a word starting with "-" as an option, so a
@@ -266,7 +420,7 @@ local FALSE = { ["0"] = true, ["false"] = true, ["no"] = true, ["off"] = true }
 
 -- TARRY_<OPTION> for every option of the command (and the root's) the command line left out.
 local function fill_from_env(r, usage_error)
-  for _, scope in ipairs { "", r.command } do
+  for _, scope in ipairs { "", r.command, r.action and (r.command .. " " .. r.action) or nil } do
     for _, o in ipairs(ENV[scope] or {}) do
       local v = os.getenv(o.var)
       if r[o.target] == nil and v and v ~= "" then
@@ -309,6 +463,22 @@ function FINISH.schema(r, usage_error)
   if (r.apply or false) == (r.read or false) then usage_error("schema needs exactly one of --apply or --read") end
 end
 
+M.JOB_ACTIONS = { "list", "show", "stalled", "cancel", "abort", "retry", "delete-old" }
+
+function FINISH.jobs(r, usage_error)
+  if not r.action then usage_error("jobs needs an action: %s", table.concat(M.JOB_ACTIONS, ", ")) end
+end
+
+FINISH["jobs retry"] = function(r, usage_error)
+  if r.at and r["in"] then usage_error("give --at or --in, not both") end
+end
+
+FINISH["jobs delete-old"] = function(r, usage_error)
+  if r.max_hours == nil then
+    usage_error("jobs delete-old needs --max-hours H (or TARRY_MAX_HOURS): the age of the jobs to delete")
+  end
+end
+
 --- Complete a parse result: TARRY_* defaults, the checks across options, the command's name.
 function M.finish(r, usage_error)
   if r.version then return { command = "version" } end
@@ -318,7 +488,10 @@ function M.finish(r, usage_error)
   if r.conninfo ~= nil then r.conninfo_from = "--conninfo" end
   fill_from_env(r, usage_error)
   r[r.command] = nil                      -- argparse's `result.<command> = true`
+  if r.action then r[r.action] = nil end  -- and `result.<action> = true` (tarry jobs ACTION)
   if FINISH[r.command] then FINISH[r.command](r, usage_error) end
+  local action = r.action and (r.command .. " " .. r.action)
+  if FINISH[action] then FINISH[action](r, usage_error) end
   return r
 end
 

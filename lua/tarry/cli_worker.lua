@@ -22,6 +22,9 @@ function M.run(cli, cmd)
     listen_notify = not cmd.no_listen_notify, delete_jobs = cmd.delete_jobs,
     shutdown_graceful_timeout = cmd.shutdown_graceful_timeout,
     fetch_job_polling_interval = cmd.fetch_job_polling_interval,
+    update_heartbeat_interval = cmd.update_heartbeat_interval,
+    stalled_worker_timeout = cmd.stalled_worker_timeout, recover_stalled = not cmd.no_recover_stalled,
+    periodic = not cmd.no_periodic, periodic_max_delay = cmd.periodic_max_delay,
     log_format = cmd.log_format, log_level = cmd.log_level,
   }
   return 0

@@ -409,6 +409,50 @@ function MemoryJobs:last_tick(task_name, periodic_id)
   return newest_marker(self.conn, task_name, periodic_id or "")
 end
 
+-- ---- stalled-job recovery (tarry/worker/recovery.lua) ----
+
+-- A doing job whose worker sent no heartbeat since `limit` (or is gone), and its heartbeat's age.
+local function stalled_since(conn, j, limit, now)
+  if j.status ~= "doing" then return false end
+  local w = j.worker_id and conn.workers[j.worker_id]
+  if w and w.last_heartbeat >= limit then return false end
+  return true, w and now - w.last_heartbeat
+end
+
+function MemoryJobs:recoverable(seconds, queues, worker_id, after_id, limit)
+  local conn, now, out = self.conn, core.now(), {}
+  for id = (after_id or 0) + 1, conn.next_id - 1 do
+    local j = conn.jobs[id]
+    if j and wanted(queues, j.queue_name) and j.worker_id ~= worker_id then
+      local stalled, age = stalled_since(conn, j, now - seconds, now)
+      if stalled then
+        out[#out + 1] = { id = j.id, task_name = j.task_name, queue = j.queue_name, lock = j.lock,
+          queueing_lock = j.queueing_lock, attempts = j.attempts, abort_requested = j.abort_requested == true,
+          worker_id = j.worker_id, heartbeat_age = age }
+        if limit and #out >= limit then break end
+      end
+    end
+  end
+  return out
+end
+
+function MemoryJobs:recover_stalled(seconds, decisions)
+  local conn, now, out = self.conn, core.now(), {}
+  for _, d in ipairs(decisions) do
+    local j = conn.jobs[d.id]
+    if j and j.worker_id == d.worker_id and stalled_since(conn, j, now - seconds, now) then
+      j.worker_id = nil
+      if d.retry_at and not (j.queueing_lock and waiting_with(conn, j.queueing_lock)) then
+        retry(conn, j, d.retry_at)
+      else
+        finish(conn, j, d.status or "failed", false)
+      end
+      out[#out + 1] = { id = j.id, status = j.status }
+    end
+  end
+  return out
+end
+
 --- Nothing to open: returns the connector.
 function Memory:open() return self end
 --- Nothing to close.

@@ -1,9 +1,9 @@
 --- Periodic (cron) tasks: their registration on an app, and the deferrer's arithmetic.
 --
 -- `app:periodic(cron, task_name, opts)` and the task option `cron = "..."` register a schedule
--- (validated at once); `app:periodic_tasks()` lists them. Deferring them is the worker's job:
--- each second (or at the next tick) it calls `Periodic.defer_due(store, entries, state, now)`,
--- the entry point below, which defers every due tick through `store:defer_periodic` — at most
+-- (validated at once); `app:periodic_tasks()` lists them. Deferring them is the worker's job
+-- (tarry/worker/periodic.lua): at each tick it calls `Periodic.defer_due(store, entries, state,
+-- now)`, the entry point below, which defers every due tick through `store:defer_periodic` — at most
 -- once per tick across all workers and machines (see tarry/store.lua). A task receives its tick
 -- as `args.timestamp` (unix seconds), as Procrastinate passes it.
 local core = require "tarry.core"

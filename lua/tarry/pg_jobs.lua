@@ -292,8 +292,84 @@ function PgJobs:defer_periodic(job, periodic_id, tick)
   return id
 end
 
+--- false on a schema without tarry_defer_periodic_job_v1 (one Procrastinate applied): two workers
+-- may then both defer a tick one of them is late on (the worker warns).
+function PgJobs:periodic_serialised() return self:has_function(TARRY_PERIODIC) end
+
 function PgJobs:last_tick(task_name, periodic_id)
   return self.connector:execute(LAST_TICK, task_name, periodic_id or "")[1].tick
+end
+
+-- ---- stalled-job recovery (tarry/worker/recovery.lua) ----
+
+-- The doing jobs whose worker sent no heartbeat for $1 seconds (or is gone), in the queues $2 (NULL:
+-- every queue), not those of the worker $3, with ids after $4, at most $5, in id order.
+local RECOVERABLE = [[
+SELECT job.id, job.task_name, job.queue_name AS queue, job.lock, job.queueing_lock, job.attempts,
+       job.abort_requested, job.worker_id, extract(epoch FROM now() - w.last_heartbeat)::float8 AS heartbeat_age
+FROM procrastinate_jobs AS job LEFT JOIN procrastinate_workers AS w ON w.id = job.worker_id
+WHERE job.status = 'doing' AND ($2::varchar[] IS NULL OR job.queue_name = ANY ($2))
+  AND job.worker_id IS DISTINCT FROM $3::bigint AND job.id > $4::bigint
+  AND (w.id IS NULL OR w.last_heartbeat < now() - $1::float8 * interval '1 second')
+ORDER BY job.id LIMIT $5::integer]]
+
+local RECOVER_FAST = [[
+SELECT recovered_id AS id, new_status::text AS status
+FROM tarry_recover_stalled_jobs_v1($1::float8, $2::bigint[], $3::bigint[], $4::procrastinate_job_status[], $5::float8[])]]
+local TARRY_RECOVER = "tarry_recover_stalled_jobs_v1(double precision, bigint[], bigint[], "
+  .. "procrastinate_job_status[], double precision[])"
+
+-- Without tarry's function (a schema Procrastinate applied): one job per statement, the same
+-- re-check on the row locked for the change, then the protocol function.
+local RECOVER_ONE = [[
+WITH target AS MATERIALIZED (
+  SELECT job.id FROM procrastinate_jobs AS job
+  WHERE job.id = $2::bigint AND job.status = 'doing' AND job.worker_id IS NOT DISTINCT FROM $3::bigint
+    AND NOT EXISTS (SELECT 1 FROM procrastinate_workers AS w
+                    WHERE w.id = job.worker_id AND w.last_heartbeat >= now() - $1::float8 * interval '1 second')
+  FOR UPDATE OF job SKIP LOCKED
+)
+SELECT target.id, CASE WHEN $5::float8 IS NULL
+    THEN (SELECT 1 FROM procrastinate_finish_job_v1(target.id, $4::procrastinate_job_status, false))
+    ELSE (SELECT 1 FROM procrastinate_retry_job_v2(target.id, to_timestamp($5::float8), NULL, NULL, NULL)) END AS done
+FROM target]]
+
+function PgJobs:recoverable(seconds, queues, worker_id, after_id, limit)
+  return self.connector:execute(RECOVERABLE, seconds, PgJobs.queues_literal(queues), worker_id, after_id or 0, limit)
+end
+
+-- One job on a schema without tarry_recover_stalled_jobs_v1: its status afterwards, or nil when it
+-- was not (or no longer) stalled. A retry that a waiting job's queueing lock refuses ends it failed.
+function PgJobs:recover_one(seconds, d)
+  local c = self.connector
+  local ok, rows = pcall(c.execute, c, RECOVER_ONE, seconds, d.id, d.worker_id, d.status or "failed", d.retry_at)
+  if not ok and d.retry_at and type(rows) == "table" and rows.sqlstate == "23505" then
+    rows = c:execute(RECOVER_ONE, seconds, d.id, d.worker_id, "failed", nil)
+  elseif not ok then
+    error(rows, 0)
+  end
+  if not rows[1] then return nil end
+  return c:execute(STATUS, d.id)[1].status
+end
+
+function PgJobs:recover_stalled(seconds, decisions)
+  if #decisions == 0 then return {} end
+  if not self:has_function(TARRY_RECOVER) then
+    local out = {}
+    for _, d in ipairs(decisions) do
+      local status = self:recover_one(seconds, d)
+      if status then out[#out + 1] = { id = d.id, status = status } end
+    end
+    return out
+  end
+  local ids, workers, statuses, ats = {}, {}, {}, {}
+  for i, d in ipairs(decisions) do
+    ids[i], workers[i] = tostring(d.id), d.worker_id and tostring(d.worker_id) or "NULL"
+    statuses[i] = d.retry_at and "NULL" or (d.status or "failed")
+    ats[i] = d.retry_at and string.format("%.17g", d.retry_at) or "NULL"
+  end
+  local lit = function(list) return "{" .. table.concat(list, ",") .. "}" end
+  return self.connector:execute(RECOVER_FAST, seconds, lit(ids), lit(workers), lit(statuses), lit(ats))
 end
 
 return PgJobs

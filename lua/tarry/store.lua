@@ -54,6 +54,22 @@
 --                         already) or "already_enqueued" (a waiting job holds the queueing lock:
 --                         the tick is skipped and may be deferred later)
 --   store:last_tick(task_name, periodic_id) -> the newest deferred tick, or nil
+--
+-- Stalled-job recovery (every worker's, tarry/worker/recovery.lua):
+--   store:recoverable(seconds, queues, worker_id, after_id, limit) -> job rows { id=, task_name=,
+--                         queue=, lock=, queueing_lock=, attempts=, abort_requested=, worker_id=,
+--                         heartbeat_age= (seconds; nil when the worker row is gone) }: the doing
+--                         jobs whose worker sent no heartbeat for `seconds` (or is gone), in
+--                         `queues` (nil: every queue), not those of `worker_id` (the caller's),
+--                         with ids after `after_id`, at most `limit`, in id order
+--   store:recover_stalled(seconds, decisions) -> { { id=, status= }, ... }: the jobs put back and
+--                         their status afterwards. decisions: { { id=, worker_id=, retry_at= } (retry
+--                         at that unix time; ends failed instead when a waiting job holds its
+--                         queueing lock) or { id=, worker_id=, status= "failed"|"aborted" }, ... }.
+--                         A job is put back only while it is still doing, with that worker
+--                         (nil: none), and that worker still silent for `seconds` (or gone):
+--                         checked in the change itself, so that many workers recovering at once
+--                         put each job back once. Its worker_id is cleared.
 local core = require "tarry.core"
 local PgJobs = require "tarry.pg_jobs"
 
@@ -63,7 +79,7 @@ local Store = {}
 Store.METHODS = {
   "register", "unregister", "heartbeat", "fetch", "finish", "listen", "abort_requested",
   "get_job", "job_events", "list_jobs", "cancel_job", "retry_job", "counts", "workers", "stalled",
-  "delete_old", "defer_periodic", "last_tick",
+  "delete_old", "defer_periodic", "last_tick", "recoverable", "recover_stalled",
 }
 
 --- The job statuses, in the enum's order (without the legacy, never written `aborting`).

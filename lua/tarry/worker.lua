@@ -10,6 +10,8 @@
 --   notifier   LISTEN: a `job_inserted` wakes the fetcher, an abort goes to the runner; abort polling
 --   signals    SIGINT/SIGTERM: graceful stop, then forced
 --   health     the database's health: an outage logged once, its end once; backoff
+--   recovery   put back the jobs that dead workers left doing (retried or failed)
+--   periodic   defer the app's periodic (cron) tasks at their ticks
 --
 -- This file holds what ties them: the shared state (app, store, options, log, stopping/forced),
 -- the order of start and stop, and app:run_worker. Everything runs in coroutines on app:run().
@@ -25,6 +27,8 @@ local Recorder = require "tarry.worker.recorder"
 local Liveness = require "tarry.worker.liveness"
 local Notifier = require "tarry.worker.notifier"
 local Signals = require "tarry.worker.signals"
+local Recovery = require "tarry.worker.recovery"
+local Periodic = require "tarry.worker.periodic"
 
 local Worker = {}
 Worker.__index = Worker
@@ -61,6 +65,8 @@ function Worker.new(app, opts)
   self.liveness = Liveness.new(self)
   self.notifier = Notifier.new(self)
   self.signals = Signals.new(self)
+  self.recovery = Recovery.new(self)
+  self.periodic = Periodic.new(self)
   return self
 end
 
@@ -134,6 +140,12 @@ function Worker:main()
   local side = { spawn(self.liveness), self.app:spawn(self.notifier.poll_loop, self.notifier) }
   if self.opts.listen_notify and self.opts.wait then side[#side + 1] = spawn(self.notifier) end
   if self.opts.install_signal_handlers then side[#side + 1] = spawn(self.signals) end
+  if self.opts.recover_stalled then
+    self.recovery:round()                 -- what a dead worker left, before the first fetch
+    side[#side + 1] = spawn(self.recovery)
+  end
+  if self.opts.periodic and self.opts.wait then side[#side + 1] = spawn(self.periodic)
+  elseif self.opts.periodic then self.periodic:once() end      -- one-shot: what is due now, then run it
   local ok, err = self:await(spawn(self.fetcher))
   if not ok and self.forced and is_cancelled(err) then ok = true end
   self:stop()

@@ -88,12 +88,21 @@ end
 
 --- Stop / start the throwaway server (scripts/with-postgres runs pg_virtualenv's cluster "regress").
 --- action: "stop", "start" or "restart" (stop then start: pg_ctlcluster's own restart refuses
---- pg_virtualenv's temporary clusters).
-function db.server(action)
-  if action == "restart" then db.server("stop"); return db.server("start") end
+--- pg_virtualenv's temporary clusters). mode: how to stop, "fast" (the default: every session is
+--- terminated, open transactions roll back), "smart" or "immediate".
+function db.server(action, mode)
+  if action == "restart" then db.server("stop", mode); return db.server("start") end
   local v = os.getenv("PGVERSION") or "15"
-  local ok = os.execute(string.format("pg_ctlcluster %s regress %s >/dev/null 2>&1", v, action))
+  local how = action == "stop" and ("-m " .. (mode or "fast") .. " ") or ""
+  local ok = os.execute(string.format("pg_ctlcluster %s%s regress %s >/dev/null 2>&1", how, v, action))
   assert(ok, "pg_ctlcluster " .. action .. " failed")
+end
+
+--- db.value, or nil while the server cannot answer (it is being restarted, say).
+function db.try_value(name, sql)
+  local ok, v = pcall(db.value, name, sql)
+  if ok then return v end
+  return nil
 end
 
 return db

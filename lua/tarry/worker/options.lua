@@ -1,5 +1,7 @@
 --- The worker's options: their names, defaults and checks, in one table.
 -- @module tarry.worker.options
+local Periodic = require "tarry.periodic"
+
 local M = {}
 
 local DELETE = { never = true, successful = true, always = true }
@@ -26,6 +28,9 @@ M.SPEC = {
   log_stream = { nil, function() return true end, "a file" },
   update_heartbeat_interval = { 10, seconds, "a number of seconds >= 0" },
   stalled_worker_timeout = { 30, seconds, "a number of seconds >= 0" },
+  recover_stalled = { true, is_bool, "a boolean" },
+  periodic = { true, is_bool, "a boolean" },                          -- defer the app's periodic tasks
+  periodic_max_delay = { Periodic.MAX_DELAY, seconds, "a number of seconds >= 0" },  -- catch-up limit
 }
 
 local function check_queues(queues, level)
