@@ -111,6 +111,18 @@ for _, mode in ipairs {
       assert.matches("job " .. id .. " nap aborted on request", out)
     end)
 
+    it("ends a job aborted with `tarry jobs abort ID` (another process)", function()
+      local id = t.running("nap")
+      local p = io.popen(string.format("%s jobs abort %d --conninfo %s 2>&1", proc.tarry, id,
+        db.shell_quote(db.conninfo(t.name))))
+      local out = p:read("a")
+      assert.is_true(p:close(), out)
+      t.aborted(id)
+      assert_aborted(t.name, id)
+      report("tarry jobs abort, " .. how, t.name, id)
+      t.stop()
+    end)
+
     it("lets a task that catches the abort clean up; it still ends aborted", function()
       local id = t.running("careful", "started")
       assert.is_true(t.app.jobs:cancel(id, { abort = true }))
