@@ -94,11 +94,6 @@ static areq *req_new(apool *p, tarry_co *h, const tarry_query *q)
     return r;
 }
 
-/* The runtime is going away with the coroutine still parked: forget the coroutine. */
-static void req_abandon(void *data)
-{
-    ((areq *)data)->h = NULL;
-}
 
 /* Hand the outcome to the parked coroutine and resume it. conn may be NULL. */
 static void req_deliver(areq *r, PGconn *conn, const char *conn_error)
@@ -357,6 +352,28 @@ static void dispatch(apool *p)
         conn_start(p);
         if (p->nconns == before) break;
     }
+}
+
+/* The parked coroutine stopped waiting (interrupted or cancelled; or the runtime is going
+   away, whose pools were closed before). A queued request is dropped; a sent one takes its
+   connection along, so its slot is free at once. As after any lost connection, the statement
+   may still complete: PostgreSQL notices the client is gone when it next writes to it (or,
+   with client_connection_check_interval, while the statement runs). */
+static void req_abandon(void *data)
+{
+    areq *r = data;
+    apool *p = r->pool;
+    aconn *c = p->conns;
+    while (c && c->req != r) c = c->next;
+    if (!c) {
+        queue_remove(p, r);
+        req_free(r);
+        return;
+    }
+    c->req = NULL;
+    conn_destroy(c);
+    req_free(r);
+    dispatch(p);
 }
 
 /* ---- the pool ---- */

@@ -4,7 +4,8 @@
  * It runs until it parks on an event (a timer, a query on an async connection, another
  * coroutine's end); the event's callback pushes the outcome onto the coroutine's stack and
  * resumes it from the thread that drives the loop (run() or handle:result()). A plain
- * coroutine.yield() inside a tarry coroutine just lets the others run first. */
+ * coroutine.yield() inside a tarry coroutine just lets the others run first.
+ * handle:interrupt(err) raises err inside a coroutine at its next yield point (see below). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -31,17 +32,23 @@ struct tarry_rt {
     int nready;
 };
 
-/* The handle userdata. User values: 1 the thread, 2 the outcome table, 3 the joiners. */
+/* The handle userdata. User values: 1 the thread, 2 the outcome table, 3 the joiners,
+   4 the error of an interrupt not yet delivered. */
 struct tarry_co {
     tarry_rt *rt;
     lua_State *co;
     int nargs;              /* values on the coroutine's stack for its next resume */
     int status;
     int waiting;            /* parked on an event (else a plain yield: it is ready again) */
-    void (*cancel)(void *); /* undoes the pending wait if the runtime goes away first */
+    void (*cancel)(void *); /* undoes the pending wait (interrupted, cancelled, runtime gone) */
     void *cancel_data;
     int queued;             /* in the ready queue */
     tarry_co *next_ready;
+    tarry_co *joined;       /* the coroutine whose result it waits for, if any */
+    int interrupted;        /* an interrupt waits for delivery (its error in user value 4) */
+    int hooked;             /* the count hook that raises it is armed; the thread's own hook: */
+    lua_Hook old_hook;
+    int old_mask, old_count;
 };
 
 static void co_resume(tarry_co *h);
@@ -228,6 +235,100 @@ void tarry_rt_wake(tarry_co *h, int nvalues)
     ready_push(h);
 }
 
+/* ---- interrupting ----
+ * handle:interrupt(err) raises err inside a coroutine at its next yield point, as if the call it
+ * waits in raised it. The error waits in the handle (user value 4) until it is delivered:
+ *   parked on a wait      the wait is undone (its cancel function) and the coroutine queued;
+ *                         resumed, park_k gets `false, err` and raises it;
+ *   woken, not resumed    the same: the values of the wake give way to `false, err`;
+ *   ready or running      a count hook on its thread raises err at the next Lua instruction it
+ *                         runs (after a plain coroutine.yield(), as that call returns); if it
+ *                         parks before (C code only), that park is undone as above.
+ * Nothing is resumed here: a woken coroutine goes through the ready queue like any other. */
+
+/* Push the pending interrupt's error onto L and forget it.  [-0, +1, -] */
+static void take_interrupt(lua_State *L, tarry_co *h)
+{
+    push_handle(L, h);
+    lua_getiuservalue(L, -1, 4);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -3, 4);
+    lua_remove(L, -2);
+    h->interrupted = 0;
+}
+
+static void disarm_hook(tarry_co *h)
+{
+    if (!h->hooked) return;
+    lua_sethook(h->co, h->old_hook, h->old_mask, h->old_count);
+    h->hooked = 0;
+}
+
+/* The count hook: gives the thread its own hook back and raises the interrupt there. */
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+    tarry_co *h;
+    (void)ar;
+    push_registry_table(L, &OWNED_KEY);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    h = luaL_testudata(L, -1, TARRY_CO_MT);
+    lua_pop(L, 2);                      /* the OWNED table keeps h */
+    if (!h || h->co != L || !h->hooked) {
+        lua_sethook(L, NULL, 0, 0);     /* a thread created meanwhile inherited the hook */
+        return;
+    }
+    disarm_hook(h);
+    take_interrupt(L, h);
+    lua_error(L);
+}
+
+static void arm_hook(tarry_co *h)
+{
+    if (h->hooked) return;
+    h->old_hook = lua_gethook(h->co);
+    h->old_mask = lua_gethookmask(h->co);
+    h->old_count = lua_gethookcount(h->co);
+    lua_sethook(h->co, interrupt_hook, LUA_MASKCOUNT, 1);
+    h->hooked = 1;
+}
+
+/* Undo h's pending wait and queue it: it resumes with the interrupt. */
+static void undo_wait(tarry_co *h)
+{
+    if (h->cancel) h->cancel(h->cancel_data);
+    h->cancel = NULL;
+    h->cancel_data = NULL;
+    h->joined = NULL;
+    h->nargs = 0;
+    ready_push(h);
+}
+
+/* The pending interrupt as h resumes: a parked coroutine gets `false, err` in place of its wake
+   values (park_k raises it); any other gets the hook. Returns the number of values to resume with. */
+static int deliver_interrupt(lua_State *L, tarry_co *h, int nargs)
+{
+    if (!h->waiting) { arm_hook(h); return nargs; }
+    disarm_hook(h);
+    lua_pop(h->co, nargs);
+    lua_pushboolean(h->co, 0);
+    take_interrupt(L, h);
+    lua_xmove(L, h->co, 1);
+    return 2;
+}
+
+void tarry_co_interrupt(lua_State *L, tarry_co *h)
+{
+    if (h->status != CO_RUNNING || h->interrupted) { lua_pop(L, 1); return; }
+    push_handle(L, h);
+    lua_insert(L, -2);
+    lua_setiuservalue(L, -2, 4);
+    lua_pop(L, 1);
+    h->interrupted = 1;
+    if (h->rt->current == h) arm_hook(h);
+    else if (h->waiting && !h->queued) undo_wait(h);
+}
+
 /* ---- finishing ---- */
 
 /* Store the outcome in user value 2: {n=, ...} or {err=, traceback=}.  [-0, +0, m] */
@@ -273,15 +374,19 @@ static int push_outcome(lua_State *L, int hidx, lua_State *T)
     return n + 1;
 }
 
+/* Wake the coroutines still waiting in h:result() (an interrupted one stopped waiting). */
 static void wake_joiners(lua_State *L, int hidx)
 {
+    tarry_co *h = lua_touserdata(L, hidx);
     lua_getiuservalue(L, hidx, 3);
     int nj = (int)luaL_len(L, -1);
     for (int i = 1; i <= nj; i++) {
         lua_rawgeti(L, -1, i);
         tarry_co *j = lua_touserdata(L, -1);
         lua_pop(L, 1);
-        if (j && j->status == CO_RUNNING) tarry_rt_wake(j, push_outcome(L, hidx, j->co));
+        if (!j || j->status != CO_RUNNING || j->joined != h) continue;
+        j->joined = NULL;
+        tarry_rt_wake(j, push_outcome(L, hidx, j->co));
     }
     lua_pop(L, 1);
 }
@@ -293,6 +398,12 @@ static void co_finish(lua_State *L, tarry_co *h, int st, int nres, int seen)
     ready_remove(h);              /* cancelled while ready: once unanchored it may be collected */
     push_handle(L, h);
     hidx = lua_gettop(L);
+    disarm_hook(h);
+    if (h->interrupted) {                       /* it ended before the interrupt reached it */
+        h->interrupted = 0;
+        lua_pushnil(L);
+        lua_setiuservalue(L, hidx, 4);
+    }
     store_outcome(L, hidx, h, st, nres);
     h->status = (st == LUA_OK) ? CO_OK : CO_ERROR;
     if (st != LUA_OK) lua_resetthread(h->co);   /* runs its pending <close> variables */
@@ -321,6 +432,7 @@ static void co_resume(tarry_co *h)
     int nres, st, nargs = h->nargs;
     tarry_co *outer = rt->current;
     h->nargs = 0;
+    if (h->interrupted) nargs = deliver_interrupt(rt->L, h, nargs);
     h->waiting = 0;
     h->cancel = NULL;
     rt->current = h;
@@ -329,6 +441,7 @@ static void co_resume(tarry_co *h)
     if (st == LUA_YIELD) {
         lua_pop(h->co, nres);
         if (!h->waiting) ready_push(h);
+        else if (h->interrupted) undo_wait(h);   /* it parked before the hook could fire */
         return;
     }
     co_finish(rt->L, h, st, nres, 0);
@@ -344,7 +457,7 @@ int tarry_rt_spawn(lua_State *L, int first)
     tarry_co *h;
     luaL_checktype(L, first, LUA_TFUNCTION);
     co = lua_newthread(L);
-    h = lua_newuserdatauv(L, sizeof *h, 3);
+    h = lua_newuserdatauv(L, sizeof *h, 4);
     memset(h, 0, sizeof *h);
     h->rt = rt;
     h->co = co;
@@ -432,6 +545,12 @@ static void mark_seen(lua_State *L, int hidx)
     lua_pop(L, 1);
 }
 
+/* An interrupted joiner stops waiting: the joined coroutine's end must not wake it. */
+static void forget_join(void *data)
+{
+    ((tarry_co *)data)->joined = NULL;
+}
+
 /* handle:result() -> the function's results, or raises its error. Waits (parks inside a
    tarry coroutine, drives the loop elsewhere) while it is still running.  [-0, +n, e] */
 static int co_result(lua_State *L)
@@ -448,7 +567,8 @@ static int co_result(lua_State *L)
             lua_rawseti(L, -2, luaL_len(L, -2) + 1);
             lua_pop(L, 1);
             mark_seen(L, 1);
-            return tarry_rt_park(L, me, NULL, NULL);
+            me->joined = h;
+            return tarry_rt_park(L, me, forget_join, me);
         }
         check_can_drive(L, h->rt, "handle:result()");
         drive(L, h->rt, h);
@@ -473,6 +593,22 @@ static int co_cancel(lua_State *L)
     if (lua_isnoneornil(L, 2)) tarry_push_error(h->co, "cancelled", "the coroutine was cancelled");
     else { lua_pushvalue(L, 2); lua_xmove(L, h->co, 1); }
     co_finish(L, h, LUA_ERRRUN, 1, 1);
+    return 0;
+}
+
+/* handle:interrupt([err]): raise err inside the coroutine at its next yield point, as if the
+   call it waits in raised it (a sleep, a query, an Event or Listener wait, a result(): that wait
+   is undone at once); a coroutine that is ready or running gets it at the next Lua instruction
+   it runs (after a plain coroutine.yield(), as that call returns). It may catch it. err defaults
+   to the error object {code = "interrupted"}. No-op on a finished coroutine, and while an earlier
+   interrupt was not delivered yet.  [-2, +0, e] */
+static int co_interrupt(lua_State *L)
+{
+    tarry_co *h = luaL_checkudata(L, 1, TARRY_CO_MT);
+    lua_settop(L, 2);
+    if (lua_isnil(L, 2)) tarry_push_error(L, "interrupted", "the coroutine was interrupted");
+    else lua_pushvalue(L, 2);
+    tarry_co_interrupt(L, h);
     return 0;
 }
 
@@ -560,7 +696,8 @@ static int l_in_coroutine(lua_State *L) { lua_pushboolean(L, tarry_rt_current(L)
 void tarry_runtime_open(lua_State *L)
 {
     static const luaL_Reg co_methods[] = {
-        { "result", co_result }, { "status", co_status }, { "cancel", co_cancel }, { NULL, NULL } };
+        { "result", co_result }, { "status", co_status }, { "cancel", co_cancel },
+        { "interrupt", co_interrupt }, { NULL, NULL } };
     static const luaL_Reg funcs[] = {
         { "spawn", l_spawn }, { "run", l_run }, { "sleep", tarry_rt_sleep }, { "now", l_now },
         { "in_coroutine", l_in_coroutine }, { NULL, NULL } };
@@ -571,6 +708,7 @@ void tarry_runtime_open(lua_State *L)
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
     luaL_setfuncs(L, funcs, 0);
+    tarry_rt_get(L);    /* made first, so finalized last: after every object that uses its loop */
 }
 
 void tarry_co_forget_wait(tarry_co *h)

@@ -37,12 +37,17 @@ struct ev_loop *tarry_rt_loop(tarry_rt *rt);
 tarry_co *tarry_rt_current(lua_State *L);
 /* Park the running tarry coroutine h until tarry_rt_wake; must be used as `return tarry_rt_park(L, h)`.
    The waker pushes `true, results...` or `false, err` onto tarry_co_state(h) first; the park
-   returns the results to the Lua caller, or raises err. */
+   returns the results to the Lua caller, or raises err. cancel(cancel_data) undoes the wait when
+   the coroutine stops waiting otherwise (interrupted, cancelled, or the runtime goes away); it
+   must not resume anything. */
 int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cancel_data);
 lua_State *tarry_co_state(tarry_co *h);
 void tarry_rt_wake(tarry_co *h, int nvalues);
 /* The pending wait's owner freed it: the runtime must not cancel it any more. */
 void tarry_co_forget_wait(tarry_co *h);
+/* Deliver the error on top of L inside h at its next yield point (handle:interrupt; runtime.c
+   says how). No-op on a finished h or one with an interrupt still pending.  [-1, +0, m] */
+void tarry_co_interrupt(lua_State *L, tarry_co *h);
 int tarry_rt_spawn(lua_State *L, int first_arg);   /* [-0, +1, e] fn and args from first_arg up */
 int tarry_rt_run(lua_State *L);                    /* [-0, +0, e] */
 int tarry_rt_sleep(lua_State *L);                  /* core.sleep(seconds) */

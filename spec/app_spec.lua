@@ -166,7 +166,7 @@ describe("task options", function()
 
   it("refuses an unknown option, listing the known ones", function()
     assert.matches(HERE .. "app:task: unknown option 'queu' %(known: aliases, cron, lock, priority, queue, "
-      .. "queueing_lock, retry%)", error_of(function() app:task("t", { queu = "q" }, function() end) end))
+      .. "queueing_lock, retry, timeout%)", error_of(function() app:task("t", { queu = "q" }, function() end) end))
   end)
 
   it("refuses wrong types with a clear message at the caller's line", function()

@@ -56,8 +56,8 @@ end
 --- Install the Lua-side methods (task, configure_task, defer, find_task) into the C App's method table.
 function M.install(methods)
   --- app:task(name, [opts,] fn) -> task. Options: queue, priority, lock, queueing_lock,
-  -- retry, aliases, cron (a schedule: see app:periodic). Registering a name (or alias) twice is
-  -- an error.
+  -- retry, aliases, cron (a schedule: see app:periodic), timeout (seconds: see the worker).
+  -- Registering a name (or alias) twice is an error.
   function methods:task(name, opts, fn)
     if fn == nil and type(opts) == "function" then opts, fn = nil, opts end
     local def = Task.definition(name, opts, fn, 2)

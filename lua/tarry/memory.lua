@@ -231,6 +231,17 @@ function MemoryJobs:finish(outcomes)
   end
 end
 
+--- Of these running jobs, those with an abort requested (the worker polls: no NOTIFY in memory).
+function MemoryJobs:abort_requested(ids)
+  local out = {}
+  for _, id in ipairs(ids) do
+    local j = self.conn.jobs[id]
+    if j and j.status == "doing" and j.abort_requested then out[#out + 1] = id end
+  end
+  table.sort(out)
+  return out
+end
+
 -- ---- the manager's part ----
 
 local function row(j)

@@ -67,6 +67,16 @@ function M.check_string(v, name, what, level)
   end
 end
 
+--- Raise unless timeout is nil or a finite number of seconds > 0 (a job still running after it
+-- is interrupted with an error object of code "timeout").
+function M.check_timeout(timeout, what, level)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0) or timeout == math.huge) then
+    fail(level + 1, "%s: timeout must be a number of seconds > 0, got %s", what,
+      type(timeout) == "number" and tostring(timeout) or type(timeout))
+  end
+  return timeout
+end
+
 --- Normalize `retry`: nil/false (never), true (forever), N (max attempts) or a table.
 function M.check_retry(retry, what, level)
   if retry == nil or retry == false then return nil end

@@ -129,6 +129,17 @@ function PgJobs:listen(queues)
   return self.connector:listen(channels)
 end
 
+-- PROTOCOL.md 6.2 list_jobs_to_abort, for the jobs this worker runs (by primary key).
+local ABORT_REQUESTED = [[
+SELECT id FROM procrastinate_jobs WHERE id = ANY ($1::bigint[]) AND status = 'doing' AND abort_requested ORDER BY id]]
+
+--- Of these running jobs, those with an abort requested.
+function PgJobs:abort_requested(ids)
+  local out = {}
+  for i, r in ipairs(self.connector:execute(ABORT_REQUESTED, array_literal(ids, tostring))) do out[i] = r.id end
+  return out
+end
+
 -- ---- the manager's part ----
 
 local JOB_COLUMNS = [[

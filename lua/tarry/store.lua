@@ -23,6 +23,8 @@
 --   store:finish(outcomes)        outcomes: list of { id=, status=, delete=, retry_at= } (retry_at
 --                                 set: retried to todo at that time; else finished with status)
 --   store:listen(queues) -> listener or nil (nil: this store cannot notify, poll instead)
+--   store:abort_requested(ids) -> the ids among `ids` (jobs this worker runs) that are doing
+--                                 with an abort requested (the fallback of the abort NOTIFY)
 --
 -- The manager's part:
 --   store:get_job(id) -> job row or nil
@@ -75,7 +77,7 @@ local Store = {}
 
 --- The method names every store has (the specs check both implementations against it).
 Store.METHODS = {
-  "register", "unregister", "heartbeat", "fetch", "finish", "listen",
+  "register", "unregister", "heartbeat", "fetch", "finish", "listen", "abort_requested",
   "get_job", "job_events", "list_jobs", "cancel_job", "retry_job", "counts", "workers", "stalled",
   "delete_old", "defer_periodic", "last_tick", "recoverable", "recover_stalled",
 }

@@ -9,7 +9,7 @@ local Task = { __name = "tarry.Task" }
 local Deferrer = { __name = "tarry.JobDeferrer" }
 
 local TASK_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
-  retry = true, aliases = true, cron = true }
+  retry = true, aliases = true, cron = true, timeout = true }
 local DEFER_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
   schedule_in = true, schedule_at = true }
 
@@ -33,6 +33,7 @@ function Task.definition(name, opts, fn, level)
     name = name, fn = fn, queue = opts.queue or "default", priority = opts.priority or 0,
     lock = opts.lock, queueing_lock = opts.queueing_lock, aliases = aliases,
     retry = options.check_retry(opts.retry, what, level + 1), cron = opts.cron,
+    timeout = options.check_timeout(opts.timeout, what, level + 1),
   }
 end
 

@@ -7,7 +7,7 @@
 --   runner     run each job in its coroutine with its context; hand the outcome on
 --   recorder   record outcomes in batches, kept until they reached the database
 --   liveness   register, heartbeat, unregister
---   notifier   LISTEN: a `job_inserted` wakes the fetcher
+--   notifier   LISTEN: a `job_inserted` wakes the fetcher, an abort goes to the runner; abort polling
 --   signals    SIGINT/SIGTERM: graceful stop, then forced
 --   health     the database's health: an outage logged once, its end once; backoff
 --   recovery   put back the jobs that dead workers left doing (retried or failed)
@@ -137,7 +137,7 @@ function Worker:main()
   self.liveness:register()
   self:started_line()
   local recorder = spawn(self.recorder)
-  local side = { spawn(self.liveness) }
+  local side = { spawn(self.liveness), self.app:spawn(self.notifier.poll_loop, self.notifier) }
   if self.opts.listen_notify and self.opts.wait then side[#side + 1] = spawn(self.notifier) end
   if self.opts.install_signal_handlers then side[#side + 1] = spawn(self.signals) end
   if self.opts.recover_stalled then

@@ -19,6 +19,7 @@ M.SPEC = {
   name = { "worker", function(v) return type(v) == "string" and #v > 0 end, "a non-empty string" },
   listen_notify = { true, is_bool, "a boolean" },
   fetch_job_polling_interval = { 5, seconds, "a number of seconds >= 0" },
+  abort_job_polling_interval = { nil, seconds, "a number of seconds >= 0" },   -- nil: fetch_job_polling_interval
   delete_jobs = { "never", function(v) return DELETE[v] end, '"never", "successful" or "always"' },
   shutdown_graceful_timeout = { nil, seconds, "a number of seconds >= 0" },
   install_signal_handlers = { true, is_bool, "a boolean" },
