@@ -56,3 +56,25 @@ describe("a one-shot worker on a MemoryConnector with signal handlers", function
     assert.not_matches("deadlock", p:output())
   end)
 end)
+
+describe("a failure of the worker's own code around a task", function()
+  it("ends that job failed and frees its slot: a one-shot worker still finishes", function()
+    local app = memory_app()
+    local lines, broke = {}, false
+    local stream = { flush = function() end, setvbuf = function() end }
+    function stream.write(_, ...)
+      local text = table.concat({ ... })
+      if not broke and text:match("job 1 first started") then broke = true; error("the log disk is full") end
+      lines[#lines + 1] = text
+    end
+    app:task("first", function() end)
+    app:task("second", function() end)
+    app.tasks.first:defer{}
+    app.tasks.second:defer{}
+    app:run_worker{ wait = false, install_signal_handlers = false, log_stream = stream, concurrency = 1 }
+    assert.is_true(broke)
+    assert.are.equal("failed", app.jobs:get(1).status)
+    assert.are.equal("succeeded", app.jobs:get(2).status)
+    assert.matches("the worker failed around the task: .*the log disk is full", table.concat(lines))
+  end)
+end)

@@ -207,7 +207,17 @@ function Runner:start(job)
   self.running = self.running + 1
   local entry = { job = job, runner = self, turned = core.now() }
   self.jobs[job.id] = entry
-  entry.handle = self.w.app:spawn(self.run, self, entry)
+  entry.handle = self.w.app:spawn(self.guarded_run, self, entry)
+end
+
+--- run, with a guard: a failure of the worker's own code around the task (not the task's: run
+-- catches those) still frees the slot and ends the job failed, so the worker never hangs on it.
+function Runner:guarded_run(entry)
+  local ok, err = pcall(self.run, self, entry)
+  if ok or self.jobs[entry.job.id] ~= entry then return end
+  self:done(entry, { id = entry.job.id, status = "failed", delete = false })
+  self.w.log:error("worker_bug", string.format("%s: the worker failed around the task: %s",
+    describe(entry.job), Log.error_text(err)), { job_id = entry.job.id })
 end
 
 --- Wait for running jobs (bounded by the graceful timeout, cut by a forced stop), then cancel
