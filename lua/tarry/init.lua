@@ -31,6 +31,9 @@ local tarry = {
   is_error = core.is_error,
   --- true when the calling code runs in a coroutine tarry owns (where defer yields).
   in_coroutine = core.in_coroutine,
+  --- The tarry type of v by its metatable, as io.type does for files: "App", "PgConnector",
+  -- "SyncPgConnector", "MemoryConnector", "Job", ... or nil for anything else.
+  type = core.type,
 }
 
 app_methods.install(core.App_methods)
