@@ -18,11 +18,7 @@ describe("tarry workers draining a queue while PostgreSQL restarts twice", funct
     local book = ledger.new()
     local app = proc.app_file(name, book:tasks())
     ledger.defer(name, JOBS, "work", '{"s": 0.03}')
-    local workers = {}
-    for i = 1, 3 do
-      workers[i] = proc.start(string.format("worker --app %s -c 4 --name w%d --log-level warning " ..
-        "--fetch-job-polling-interval 0.5", app, i))
-    end
+    local workers = proc.start_workers(3, app, "-c 4 --log-level warning --fetch-job-polling-interval 0.5")
     for round = 1, 2 do
       local before = ledger.count(name, "succeeded") or 0
       proc.until_true_while(workers, function() return (ledger.count(name, "succeeded") or 0) >= before + 300 end, 60,

@@ -35,11 +35,7 @@ describe("tarry workers under a storm of pg_terminate_backend", function()
     local book = ledger.new()
     local app = proc.app_file(name, book:tasks())
     ledger.defer(name, JOBS, "work", '{"s": 0.02}')
-    local workers = {}
-    for i = 1, 3 do
-      workers[i] = proc.start(string.format("worker --app %s -c 4 --name w%d --log-level warning " ..
-        "--fetch-job-polling-interval 0.5", app, i))
-    end
+    local workers = proc.start_workers(3, app, "-c 4 --log-level warning --fetch-job-polling-interval 0.5")
     proc.until_true_while(workers, function() return ledger.count(name, "succeeded") >= 200 end, 60, "the workers to start")
     assert.is_true(ledger.count(name, "todo") > 0, "the storm must hit a queue still being drained")
     local killed = storm(name)

@@ -61,8 +61,7 @@ describe("tarry worker processes deferring a per-second task", function()
 
   it("defer one job per tick between three of them, every tick, each job run once", function()
     local app = proc.app_file(name, TICKING)
-    local workers = {}
-    for i = 1, 3 do workers[i] = proc.start(string.format("worker --app %s --name w%d", app, i)) end
+    local workers = proc.start_workers(3, app)
     proc.until_true(function() return count(name, "FROM procrastinate_jobs") >= 10 end, 60, "ten ticks")
     for _, w in ipairs(workers) do stop(w) end
     local t = ticks(name)

@@ -69,6 +69,13 @@ function M.start(args, env)
   return M.spawn(M.tarry .. " " .. args, env)
 end
 
+--- Start n workers of the app file, named w1..wn: `tarry worker --app <app> --name wI <options>`.
+function M.start_workers(n, app, options)
+  local workers = {}
+  for i = 1, n do workers[i] = M.start(string.format("worker --app %s --name w%d %s", app, i, options or "")) end
+  return workers
+end
+
 function Proc:signal(name)
   os.execute(string.format("kill -%s %d 2>/dev/null", name, self.pid))
 end
