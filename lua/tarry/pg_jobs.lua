@@ -41,9 +41,47 @@ SELECT to_regprocedure('tarry_fetch_jobs_v1(character varying[], bigint, integer
    AND to_regprocedure('tarry_finish_jobs_v1(bigint[], procrastinate_job_status[], boolean[], double precision[])')
        IS NOT NULL AS fast]]
 
+-- Outcomes, then a fetch, in one round trip (the worker's default path). Without tarry's function:
+-- FINISH as a materialised CTE that the fetch's first call reads, so every finish call ran before
+-- the first fetch call (each a volatile function: it sees what the earlier ones changed).
+local FINISH_FETCH = [[
+WITH RECURSIVE finished AS MATERIALIZED (
+  SELECT count(CASE WHEN t.retry_at IS NULL
+      THEN (SELECT 1 FROM procrastinate_finish_job_v1(t.id, t.status::procrastinate_job_status, t.del))
+      ELSE (SELECT 1 FROM procrastinate_retry_job_v2(t.id, to_timestamp(t.retry_at), NULL, NULL, NULL)) END) AS n
+  FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::float8[]) WITH ORDINALITY AS t(id, status, del, retry_at, i)
+), r(n, job) AS (
+  SELECT 1, procrastinate_fetch_job_v2($5::varchar[], $6::bigint) FROM finished WHERE $7::integer > 0
+  UNION ALL
+  SELECT n + 1, procrastinate_fetch_job_v2($5::varchar[], $6::bigint)
+  FROM r WHERE (r.job).id IS NOT NULL AND n < $7::integer
+)
+SELECT (job).id, (job).task_name, (job).queue_name AS queue, (job).priority, (job).lock,
+       (job).queueing_lock, (job).args, (job).attempts,
+       extract(epoch FROM (job).scheduled_at)::float8 AS scheduled_at
+FROM r WHERE (job).id IS NOT NULL ORDER BY n]]
+local FAST_FINISH_FETCH = [[
+SELECT id, task_name, queue_name AS queue, priority, lock, queueing_lock, args, attempts,
+       extract(epoch FROM scheduled_at)::float8 AS scheduled_at
+FROM tarry_finish_fetch_jobs_v1($1::bigint[], $2::procrastinate_job_status[], $3::boolean[], $4::float8[],
+                                $5::varchar[], $6::bigint, $7::integer)]]
+local TARRY_FINISH_FETCH = "tarry_finish_fetch_jobs_v1(bigint[], procrastinate_job_status[], boolean[], "
+  .. "double precision[], character varying[], bigint, integer)"
+
+-- Prefetched jobs a stopping worker did not start, back to todo (see PgJobs:release).
+local RELEASE = [[
+UPDATE procrastinate_jobs AS job SET status = 'todo', worker_id = NULL
+WHERE job.id = ANY ($1::bigint[]) AND job.status = 'doing' AND job.worker_id = $2::bigint
+  AND NOT job.abort_requested
+  AND (job.queueing_lock IS NULL OR NOT EXISTS (
+        SELECT 1 FROM procrastinate_jobs AS other
+        WHERE other.queueing_lock = job.queueing_lock AND other.status = 'todo'))
+RETURNING job.id]]
+
 --- The job store of a PgConnector.
 function PgJobs.new(connector)
-  return setmetatable({ connector = connector, fetch_sql = FETCH, finish_sql = FINISH, functions = {} }, PgJobs)
+  return setmetatable({ connector = connector, fetch_sql = FETCH, finish_sql = FINISH,
+    finish_fetch_sql = FINISH_FETCH, functions = {} }, PgJobs)
 end
 
 --- true when the database has the function of this signature (asked once per store).
@@ -87,6 +125,7 @@ function PgJobs:register(stalled_after)
   if self.connector:execute(HAS_FAST)[1].fast then
     self.fetch_sql, self.finish_sql, self.fast = FAST_FETCH, FAST_FINISH, true
   end
+  if self:has_function(TARRY_FINISH_FETCH) then self.finish_fetch_sql = FAST_FINISH_FETCH end
   self.connector:execute("SELECT worker_id FROM procrastinate_prune_stalled_workers_v1($1)", stalled_after or 30)
   return self.connector:execute("SELECT worker_id FROM procrastinate_register_worker_v1()")[1].worker_id
 end
@@ -107,15 +146,38 @@ function PgJobs:fetch(queues, worker_id, n)
   return self.connector:execute(self.fetch_sql, self.literal, worker_id, n)
 end
 
---- outcomes: list of {id=, status=, delete=, retry_at=} in one statement.
-function PgJobs:finish(outcomes)
+-- The four array literals of a list of outcomes.
+local function outcome_arrays(outcomes)
   local fmt_num = function(v) return v and string.format("%.17g", v) or "NULL" end
   local ids, statuses, dels, ats = {}, {}, {}, {}
   for i, o in ipairs(outcomes) do
     ids[i], statuses[i], dels[i], ats[i] = o.id, o.status or "failed", o.delete and "t" or "f", o.retry_at or false
   end
-  self.connector:execute(self.finish_sql, array_literal(ids, tostring), array_literal(statuses, tostring),
-    array_literal(dels, tostring), array_literal(ats, function(v) return fmt_num(v or nil) end))
+  return array_literal(ids, tostring), array_literal(statuses, tostring),
+    array_literal(dels, tostring), array_literal(ats, function(v) return fmt_num(v or nil) end)
+end
+
+--- outcomes: list of {id=, status=, delete=, retry_at=} in one statement.
+function PgJobs:finish(outcomes)
+  local ids, statuses, dels, ats = outcome_arrays(outcomes)
+  self.connector:execute(self.finish_sql, ids, statuses, dels, ats)
+end
+
+--- finish(outcomes), then fetch(queues, worker_id, n), in one statement and one transaction: the
+-- fetch sees what the finish changed. All or nothing: an error leaves every outcome unrecorded.
+function PgJobs:finish_fetch(outcomes, queues, worker_id, n)
+  if queues ~= self.queues then self.queues, self.literal = queues, PgJobs.queues_literal(queues) end
+  local ids, statuses, dels, ats = outcome_arrays(outcomes)
+  return self.connector:execute(self.finish_fetch_sql, ids, statuses, dels, ats, self.literal, worker_id, n)
+end
+
+--- Put back to todo the jobs of this list that this worker fetched and did not start; returns the
+-- ids put back. Not those whose abort was requested, nor those whose queueing lock a waiting job
+-- holds now (todo cannot take them): the worker runs those.
+function PgJobs:release(ids, worker_id)
+  local out = {}
+  for i, r in ipairs(self.connector:execute(RELEASE, array_literal(ids, tostring), worker_id)) do out[i] = r.id end
+  return out
 end
 
 --- A listener on the channels of these queues (nil: every queue).

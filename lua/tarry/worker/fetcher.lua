@@ -1,6 +1,15 @@
---- Fetching: take as many jobs as the runner has free slots, in one statement, whenever a slot
--- frees up, a job is announced (NOTIFY), an outcome was recorded, or the polling interval passed.
--- A one-shot worker (wait = false) ends when nothing is left to fetch.
+--- Fetching: take as many jobs as the worker can take now (`Fetcher:wanted`), in one statement,
+-- whenever a slot frees up, a job is announced (NOTIFY), an outcome was recorded, or the polling
+-- interval passed. A one-shot worker (wait = false) ends when nothing is left to fetch.
+--
+-- Two things save round trips. The outcomes the recorder holds ride along: one statement records
+-- them and fetches the next jobs (store:finish_fetch), so a job costs one round trip, not two. And
+-- with `prefetch` > 0, jobs are taken ahead into a local queue, started as soon as a slot frees up,
+-- without a round trip: up to `prefetch` jobs beyond the free slots, and only as many as the
+-- worker's recent jobs say it starts within PREFETCH_WINDOW seconds, so a worker busy with long
+-- jobs holds none back from the others. A queued job is `doing` with this worker's id like a
+-- running one: no other worker takes it, stalled recovery treats it as running here, and a
+-- graceful stop puts the unstarted ones back to `todo` (store:release).
 -- @module tarry.worker.fetcher
 local core = require "tarry.core"
 local Health = require "tarry.worker.health"
@@ -8,27 +17,137 @@ local Health = require "tarry.worker.health"
 local Fetcher = {}
 Fetcher.__index = Fetcher
 
+-- Jobs are taken ahead only as many as the worker starts within this many seconds, at the
+-- pace of its recent jobs.
+local PREFETCH_WINDOW = 0.05
+
 function Fetcher.new(w)
-  return setmetatable({ w = w, event = core.Event() }, Fetcher)
+  local store = w.store
+  return setmetatable({
+    w = w,
+    event = core.Event(),
+    queue = {},            -- prefetched jobs, not started yet, in the protocol's order
+    started_at = {},       -- job id -> when it started (for the pace of recent jobs)
+    pace = nil,            -- recent jobs' mean duration in seconds (nil: none ended yet)
+    waiting = false,       -- in event:wait (the recorder writes outcomes itself meanwhile)
+    combined = store.finish_fetch ~= nil,
+    can_release = store.release ~= nil,
+  }, Fetcher)
 end
 
---- Something changed that may let a fetch find work: a freed slot, a NOTIFY, a stop.
-function Fetcher:wake() self.event:set() end
+--- Something changed that may let a fetch find work: a freed slot, a NOTIFY, a stop. Queued
+-- jobs go into free slots at once.
+function Fetcher:wake()
+  self:start_queued()
+  self.waiting = false                  -- it resumes now: the recorder leaves the outcomes to it
+  self.event:set()
+end
 
--- One fetch: the number of jobs started and whether every free slot got one, or nil and the error.
+-- The jobs the worker may hold beyond its free slots right now.
+function Fetcher:ahead()
+  local w = self.w
+  local limit = w.opts.prefetch
+  if limit == 0 or not self.can_release or w.stopping or not self.pace then return 0 end
+  local by_pace = math.floor(PREFETCH_WINDOW * w.opts.concurrency / math.max(self.pace, 1e-6))
+  return math.min(limit, by_pace)
+end
+
+--- How many jobs the worker can take now: its free slots, plus what it may queue ahead, less
+-- what it queued already.
+function Fetcher:wanted()
+  return self.w.runner:free() + self:ahead() - #self.queue
+end
+
+-- A fetch is worth a round trip when a slot is free with nothing queued for it, or the queue ran
+-- down to half of what it may hold (so that one round trip brings several jobs).
+function Fetcher:should_fetch()
+  local want = self:wanted()
+  if want <= 0 then return false end
+  return #self.queue == 0 or want >= math.max(1, (self:ahead() + 1) // 2)
+end
+
+--- True while the fetcher will take the recorder's outcomes along on its next round (the
+-- recorder leaves them to it).
+function Fetcher:takes_outcomes()
+  return self.combined and not self.waiting and not self.w.stopping
+end
+
+--- A job ended (the recorder tells): its duration goes into the pace of recent jobs.
+function Fetcher:ended(id)
+  local t = self.started_at[id]
+  if t then
+    self.started_at[id] = nil
+    local d = core.now() - t
+    self.pace = self.pace and (self.pace * 0.8 + d * 0.2) or d
+  end
+end
+
+function Fetcher:start(job)
+  if self.w.opts.prefetch > 0 and self.can_release then self.started_at[job.id] = core.now() end
+  self.w.runner:start(job)
+end
+
+--- Start queued jobs while slots are free (once the worker stops, only those release() kept).
+function Fetcher:start_queued(stopping_too)
+  local w = self.w
+  while #self.queue > 0 and w.runner:free() > 0 and not w.forced and (stopping_too or not w.stopping) do
+    self:start(table.remove(self.queue, 1))
+  end
+end
+
+-- Add fetched jobs: into free slots, the rest to the queue (kept in the protocol's order).
+function Fetcher:take(jobs)
+  local queued = #self.queue > 0
+  for _, job in ipairs(jobs) do self.queue[#self.queue + 1] = job end
+  if queued then
+    table.sort(self.queue, function(a, b)
+      if a.priority ~= b.priority then return a.priority > b.priority end
+      return a.id < b.id
+    end)
+  end
+  self:start_queued()
+end
+
+-- One round trip: the recorder's outcomes (if any) and a fetch of n jobs.
+function Fetcher:finish_fetch(n)
+  local w = self.w
+  local outcomes = w.recorder:take()
+  local ok, jobs = pcall(w.store.finish_fetch, w.store, outcomes, w.opts.queues, w.liveness.worker_id, n)
+  w.recorder:taken(outcomes, ok, jobs)
+  if not ok and #outcomes > 0 and not Health.is_connection_error(jobs) then
+    -- An outcome the database refused took the fetch down with it: record them apart, fetch again.
+    ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, n)
+  end
+  return ok, jobs
+end
+
+-- One fetch: the number of jobs fetched and whether it got all it asked for, or nil and the error.
 function Fetcher:round()
   local w = self.w
-  local free = w.runner:free()
-  if free <= 0 then return 0, false end
-  local ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, free)
+  local n = self:wanted()
+  if n <= 0 then return 0, false end
+  local ok, jobs
+  if self.combined then
+    ok, jobs = self:finish_fetch(n)
+  else
+    ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, n)
+  end
   if not ok then return nil, jobs end
-  w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s)", #jobs, free)
-  for _, job in ipairs(jobs) do w.runner:start(job) end
-  return #jobs, #jobs == free
+  w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s) and the queue", #jobs, n)
+  self:take(jobs)
+  return #jobs, #jobs == n
 end
 
 -- SQLSTATEs of an object missing from the database: retrying cannot help, the worker stops.
 local SCHEMA_SQLSTATES = { ["42883"] = true, ["42P01"] = true, ["42703"] = true, ["42704"] = true }
+
+-- Wait for the event (seconds: nil for no limit); meanwhile the recorder writes outcomes itself.
+function Fetcher:wait(seconds)
+  self.waiting = true
+  self.w.recorder:kick()
+  self.event:wait(seconds)
+  self.waiting = false
+end
 
 -- After a failed fetch: stop (schema), register again (pruned as stalled), or wait and retry.
 function Fetcher:failed(err, backoff)
@@ -43,16 +162,45 @@ function Fetcher:failed(err, backoff)
   if not w.health:failed("fetching jobs", err) then
     w.log:warning("fetch_failed", string.format("cannot fetch jobs, retrying in %gs: %s", backoff, Health.brief(err)))
   end
-  self.event:wait(Health.jittered(backoff))
+  self:wait(Health.jittered(backoff))
   return Health.next_backoff(backoff)
 end
 
--- A one-shot worker is done when a fetch found nothing while no job ran and no outcome was
--- pending or being recorded, from before that fetch began until it returned: an outcome recorded
--- meanwhile (a retry, a lock released) may have been missed by the fetch's snapshot.
+-- A one-shot worker is done when a fetch found nothing while no job ran or was queued and no
+-- outcome was pending or being recorded, from before that fetch began until it returned: an
+-- outcome recorded meanwhile (a retry, a lock released) may have been missed by the fetch's snapshot.
 function Fetcher:nothing_left(n, batches_before)
   local w = self.w
-  return n == 0 and w.runner.running == 0 and w.recorder:idle() and w.recorder.batches == batches_before
+  return n == 0 and w.runner.running == 0 and #self.queue == 0 and w.recorder:idle()
+    and w.recorder.batches == batches_before
+end
+
+--- At a stop: the queued jobs go back to todo; those that cannot (an abort was requested, or a
+-- waiting job took their queueing lock) run here, as slots free up. When the database cannot be
+-- reached they stay `doing` with this worker's id, and stalled recovery puts them back once the
+-- worker is gone.
+function Fetcher:release()
+  local w = self.w
+  if #self.queue == 0 then return end
+  local ids = {}
+  for i, job in ipairs(self.queue) do ids[i] = job.id end
+  local ok, back = pcall(w.store.release, w.store, ids, w.liveness.worker_id)
+  if not ok then
+    w.log:warning("release_failed", string.format("could not put back %d prefetched job(s), they stay doing "
+      .. "until recovered as stalled: %s", #ids, Health.brief(back)))
+    self.queue = {}
+    return
+  end
+  local gone = {}
+  for _, id in ipairs(back) do gone[id] = true end
+  local keep = {}
+  for _, job in ipairs(self.queue) do if not gone[job.id] then keep[#keep + 1] = job end end
+  self.queue = keep
+  w.log:debugf("released", "put back %d prefetched job(s), %d to run before stopping", #back, #keep)
+  while #self.queue > 0 and not w.forced do
+    self:start_queued(true)
+    if #self.queue > 0 then self:wait() end
+  end
 end
 
 --- The loop, until the worker stops (or, one-shot, runs out of jobs).
@@ -61,22 +209,27 @@ function Fetcher:loop()
   local backoff = 0.1
   while not w.stopping do
     local batches_before = w.recorder.batches
-    local n, more = self:round()
+    self:start_queued()
+    local n, more = 0, false
+    if self:should_fetch() then n, more = self:round() end
     if n == nil then
       backoff = self:failed(more, backoff)
     else
       backoff = 0.1
       w.health:ok()
       if not more then
-        if not w.opts.wait and self:nothing_left(n, batches_before) then return end
-        if w.runner:free() <= 0 or not w.opts.wait then
-          self.event:wait()                                     -- a slot frees up (or a stop)
+        if not w.opts.wait and self:nothing_left(n, batches_before) then break end
+        if not w.opts.wait and w.recorder.batches ~= batches_before then
+          -- one-shot: outcomes were recorded (maybe by this round), so look again at once
+        elseif self:wanted() <= 0 or #self.queue > 0 or not w.opts.wait then
+          self:wait()                                     -- a slot frees up (or a stop)
         else
-          self.event:wait(w.opts.fetch_job_polling_interval)    -- a NOTIFY, a free slot, or time to poll
+          self:wait(w.opts.fetch_job_polling_interval)    -- a NOTIFY, a free slot, or time to poll
         end
       end
     end
   end
+  self:release()
 end
 
 return Fetcher

@@ -1,5 +1,6 @@
 --- Recording outcomes: the runner hands each finished job's outcome here; they are written in
--- batches (one statement for all that are pending) and kept until they reached the database, so
+-- batches (one statement for all that are pending; or the fetcher takes them along on its next
+-- round trip, store:finish_fetch, while it is fetching) and kept until they reached the database, so
 -- a job is done only once its finish is stored. After a forced stop, or past the flush deadline of
 -- a graceful one, what could not be written is given up (those jobs stay `doing` until recovered).
 -- @module tarry.worker.recorder
@@ -22,7 +23,35 @@ end
 --- An outcome { id=, status=, delete=, retry_at= } to record.
 function Recorder:add(outcome)
   self.pending[#self.pending + 1] = outcome
+  self.w.fetcher:ended(outcome.id)
   self.has_work:set()
+end
+
+--- Wake the loop: the fetcher will not take the pending outcomes along soon.
+function Recorder:kick()
+  if #self.pending > 0 then self.has_work:set() end
+end
+
+--- The fetcher takes the pending outcomes along on its round trip (store:finish_fetch) ...
+function Recorder:take()
+  local batch = self.pending
+  self.pending = {}
+  self.in_flight = #batch
+  return batch
+end
+
+--- ... and says how it went: recorded (ok), to retry (a connection error), or, refused by the
+-- database, written here (one by one if need be).
+function Recorder:taken(batch, ok, err)
+  self.in_flight = 0
+  if #batch == 0 then return end
+  if ok then
+    self.batches = self.batches + 1
+  elseif Health.is_connection_error(err) then
+    for i = #batch, 1, -1 do table.insert(self.pending, 1, batch[i]) end
+  else
+    self:write(batch)
+  end
 end
 
 --- Nothing pending and nothing being written.
@@ -66,8 +95,8 @@ function Recorder:loop()
   local w = self.w
   local backoff = 0.05
   while true do
-    if #self.pending == 0 then
-      if w.stopping and w.runner.running == 0 then return end
+    if #self.pending == 0 or w.fetcher:takes_outcomes() then
+      if #self.pending == 0 and w.stopping and w.runner.running == 0 then return end
       self.has_work:wait()
     else
       local batch = self.pending
