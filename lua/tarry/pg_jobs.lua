@@ -51,7 +51,7 @@ WITH RECURSIVE finished AS MATERIALIZED (
       ELSE (SELECT 1 FROM procrastinate_retry_job_v2(t.id, to_timestamp(t.retry_at), NULL, NULL, NULL)) END) AS n
   FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::float8[]) WITH ORDINALITY AS t(id, status, del, retry_at, i)
 ), r(n, job) AS (
-  SELECT 1, procrastinate_fetch_job_v2($5::varchar[], $6::bigint) FROM finished WHERE $7::integer > 0
+  SELECT 1, CASE WHEN $7::integer > 0 THEN procrastinate_fetch_job_v2($5::varchar[], $6::bigint) END FROM finished
   UNION ALL
   SELECT n + 1, procrastinate_fetch_job_v2($5::varchar[], $6::bigint)
   FROM r WHERE (r.job).id IS NOT NULL AND n < $7::integer

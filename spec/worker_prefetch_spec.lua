@@ -1,0 +1,248 @@
+-- The worker's round trip that records outcomes and fetches the next jobs (store:finish_fetch),
+-- its prefetch queue (the `prefetch` option), and how a graceful stop puts back the jobs it
+-- prefetched (store:release). On three schemas: tarry's (tarry_finish_fetch_jobs_v1), one with
+-- Procrastinate's row-level triggers (spec/fixtures/procrastinate_triggers.sql), and that one
+-- without tarry_finish_fetch_jobs_v1 (the statement in tarry/pg_jobs.lua built on the protocol's
+-- functions does the round trip).
+local tarry = require "tarry"
+local db = require "support.db"
+local W = require "support.worker"
+local proc = require "support.process"
+local PgJobs = require "tarry.pg_jobs"
+
+local PROCRASTINATE_TRIGGERS = "spec/fixtures/procrastinate_triggers.sql"
+
+local SCHEMAS = {
+  { label = "tarry's schema", setup = function() end, combined = "tarry_finish_fetch_jobs_v1" },
+  { label = "Procrastinate's triggers", combined = "tarry_finish_fetch_jobs_v1",
+    setup = function(name) db.apply_schema_file(name, PROCRASTINATE_TRIGGERS) end },
+  { label = "Procrastinate's triggers, without tarry_finish_fetch_jobs_v1", combined = "procrastinate_fetch_job_v2",
+    setup = function(name)
+      db.apply_schema_file(name, PROCRASTINATE_TRIGGERS)
+      db.psql(name, "DROP FUNCTION tarry_finish_fetch_jobs_v1")
+    end },
+}
+
+local function defer(name, task, opts)
+  opts = opts or {}
+  local function lit(v) return v ~= nil and ("'" .. tostring(v) .. "'") or "NULL" end
+  return tonumber(db.value(name, string.format("SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('default', %s, %d, "
+    .. "%s, %s, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1]))", lit(task), opts.priority or 0, lit(opts.lock),
+    lit(opts.queueing_lock))))
+end
+
+for _, schema in ipairs(SCHEMAS) do
+  describe("on " .. schema.label, function()
+    local t = {}
+    before_each(function()
+      t.name = db.fresh()
+      schema.setup(t.name)
+      t.app = W.app(t.name)
+    end)
+    after_each(function()
+      proc.kill_all()
+      if t.conn then t.conn:close(); t.conn = nil end
+      W.cleanup(t)
+    end)
+
+    -- The job store on a sync connection, registered as a worker would be.
+    local function store()
+      t.conn = tarry.SyncPgConnector{ conninfo = db.conninfo(t.name) }
+      local s = PgJobs.new(t.conn)
+      return s, s:register(30)
+    end
+
+    it("the store's round trip is the one this schema has", function()
+      local s = store()
+      assert.truthy(s.finish_fetch_sql:find(schema.combined, 1, true))
+    end)
+
+    it("finish_fetch records the outcomes first: the fetch sees the lock they released", function()
+      local s, wid = store()
+      local a = defer(t.name, "t", { lock = "L" })
+      local b = defer(t.name, "t", { lock = "L" })
+      local jobs = s:fetch(nil, wid, 5)
+      assert.are.same({ a }, { jobs[1].id })
+      assert.are.equal(1, #jobs)                       -- b waits for a's lock
+      jobs = s:finish_fetch({ { id = a, status = "succeeded" } }, nil, wid, 5)
+      assert.are.equal(1, #jobs)
+      assert.are.equal(b, jobs[1].id)
+      assert.are.same({ "succeeded", 1 }, W.state(t.name, a))
+      assert.are.equal("deferred,started,succeeded", W.events(t.name, a))
+      assert.are.equal("deferred,started", W.events(t.name, b))
+    end)
+
+    it("finish_fetch with no outcomes fetches, and with n = 0 only records", function()
+      local s, wid = store()
+      local a, b = defer(t.name, "t"), defer(t.name, "t")
+      local jobs = s:finish_fetch({}, nil, wid, 1)
+      assert.are.equal(a, jobs[1].id)
+      jobs = s:finish_fetch({ { id = a, retry_at = os.time() + 3600 } }, nil, wid, 0)
+      assert.are.equal(0, #jobs)
+      assert.are.same({ "todo", 1 }, W.state(t.name, a))
+      assert.are.same({ "todo", 0 }, W.state(t.name, b))
+    end)
+
+    it("finish_fetch is all or nothing: an outcome the database refuses records and fetches nothing", function()
+      local s, wid = store()
+      local a = defer(t.name, "t")
+      assert.are.equal(1, #s:fetch(nil, wid, 1))
+      local b = defer(t.name, "t")
+      local ok = pcall(s.finish_fetch, s, { { id = a, status = "succeeded" }, { id = 424242, status = "succeeded" } },
+        nil, wid, 1)
+      assert.is_false(ok)
+      assert.are.same({ "doing", 0 }, W.state(t.name, a))
+      assert.are.same({ "todo", 0 }, W.state(t.name, b))
+    end)
+
+    it("release puts prefetched jobs back to todo, except an abort requested or a taken queueing lock", function()
+      local s, wid = store()
+      local plain = defer(t.name, "t")
+      local aborted = defer(t.name, "t")
+      local qlocked = defer(t.name, "t", { queueing_lock = "Q" })
+      local other = defer(t.name, "t")
+      assert.are.equal(4, #s:fetch(nil, wid, 4))
+      db.psql(t.name, "SELECT procrastinate_cancel_job_v1(" .. aborted .. ", true, false)")
+      defer(t.name, "t", { queueing_lock = "Q" })        -- allowed: the first one is doing
+      local back = s:release({ plain, aborted, qlocked }, wid)
+      assert.are.same({ plain }, back)
+      assert.are.same({ "todo", 0 }, W.state(t.name, plain))
+      assert.are.equal("deferred,started,deferred_for_retry", W.events(t.name, plain))
+      assert.are.equal("0", db.value(t.name, "SELECT count(*) FROM procrastinate_jobs WHERE id = " .. plain
+        .. " AND worker_id IS NOT NULL"))
+      for _, id in ipairs { aborted, qlocked, other } do assert.are.same({ "doing", 0 }, W.state(t.name, id)) end
+      assert.are.same({}, s:release({ other }, wid + 1))   -- another worker's job: left alone
+    end)
+
+    it("a worker with prefetch runs jobs in priority order", function()
+      local journal = W.journal()
+      t.app:task("t", function(_, ctx) journal:add("start", ctx.job.id); ctx:sleep(0.002); journal:add("end", ctx.job.id) end)
+      local ids = {}
+      for i = 1, 12 do ids[i] = defer(t.name, "t", { priority = i % 3 }) end
+      W.run(t.app, { concurrency = 1, prefetch = 8 })
+      local order = {}
+      for _, line in ipairs(journal) do
+        local id = line:match("^start (%d+)")
+        if id then order[#order + 1] = tonumber(id) end
+      end
+      local expected = { table.unpack(ids) }
+      table.sort(expected, function(x, y)
+        local px, py = x % 3, y % 3   -- ids are 1..12 on a fresh database: priority = id % 3
+        if px ~= py then return px > py end
+        return x < y
+      end)
+      assert.are.same(expected, order)
+      for _, id in ipairs(ids) do
+        assert.are.same({ "succeeded", 1 }, W.state(t.name, id))
+        assert.are.equal("deferred,started,succeeded", W.events(t.name, id))
+      end
+    end)
+
+    it("a worker with prefetch and concurrency 4 never runs two jobs of one lock at once", function()
+      local journal, running = W.journal(), {}
+      t.app:task("t", function(_, ctx)
+        local lock = ctx.job.lock
+        if lock then
+          assert(not running[lock], "two jobs of lock " .. lock .. " at once")
+          running[lock] = true
+        end
+        journal:add("start", ctx.job.id)
+        ctx:sleep(0.002)
+        if lock then running[lock] = nil end
+      end)
+      local locked = {}
+      for i = 1, 40 do
+        local lock = ({ "A", "B", nil, nil })[i % 4 + 1]
+        local id = defer(t.name, "t", { lock = lock })
+        if lock then locked[lock] = locked[lock] or {}; table.insert(locked[lock], id) end
+      end
+      W.run(t.app, { concurrency = 4, prefetch = 16 })
+      assert.are.equal(40, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"))
+      for _, ids in pairs(locked) do              -- a lock's jobs ran in id order
+        local seen = {}
+        for _, line in ipairs(journal) do
+          local id = tonumber(line:match("^start (%d+)"))
+          for _, l in ipairs(ids) do if l == id then seen[#seen + 1] = id end end
+        end
+        assert.are.same(ids, seen)
+      end
+    end)
+
+    it("retries and failures go through the round trip with the same events", function()
+      t.app:task("flaky", { retry = { max_attempts = 1, wait = 0 } }, function() error("no") end)
+      t.app:task("ok", function() end)
+      local flaky = t.app.tasks.flaky:defer{}
+      local oks = {}
+      for i = 1, 5 do oks[i] = t.app.tasks.ok:defer{} end
+      W.run(t.app, { concurrency = 2, prefetch = 4, log_level = "error", log_stream = io.tmpfile() })
+      assert.are.same({ "failed", 2 }, W.state(t.name, flaky))
+      assert.are.equal("deferred,started,scheduled,deferred_for_retry,started,failed", W.events(t.name, flaky))
+      for _, id in ipairs(oks) do assert.are.equal("deferred,started,succeeded", W.events(t.name, id)) end
+      assert.are.equal(0, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' OR worker_id IS NOT NULL"))
+    end)
+
+    it("a graceful stop puts the prefetched jobs back to todo and runs those that cannot go back", function()
+      local gate = os.tmpname()
+      os.remove(gate)
+      local app = proc.app_file(t.name, string.format([[
+app:task("quick", function() end)
+app:task("gate", function(_, ctx)
+  local deadline = os.time() + 120
+  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
+end)
+]], gate))
+      for _ = 1, 5 do defer(t.name, "quick") end
+      local held = defer(t.name, "gate")
+      local qlocked = defer(t.name, "quick", { queueing_lock = "Q" })
+      for _ = 1, 20 do defer(t.name, "quick") end
+      local w = proc.start("worker --app " .. app .. " -c 1 --prefetch 8 --log-level debug")
+      -- The gate job runs; the worker holds prefetched jobs besides it (doing, with its id).
+      proc.until_true_while({ w }, function()
+        return W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' AND id > " .. held) >= 4
+      end, 60, "the worker to prefetch jobs while the gate job runs")
+      assert.are.same({ "doing", 0 }, W.state(t.name, qlocked))
+      defer(t.name, "quick", { queueing_lock = "Q" })      -- qlocked cannot go back to todo now
+      w:signal("TERM")
+      w:wait_for("put back", 1, 60)
+      assert(io.open(gate, "w")):close()
+      assert.are.equal(0, w:wait(60), w:output())
+      os.remove(gate)
+      assert.are.same({ "succeeded", 1 }, W.state(t.name, held))
+      assert.are.same({ "succeeded", 1 }, W.state(t.name, qlocked))   -- run before the worker stopped
+      assert.are.equal(0, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' OR worker_id IS NOT NULL"))
+      -- Every job fetched and not run is todo again, as it was: attempts 0, its fetch in the event log.
+      local returned = W.count(t.name, "FROM procrastinate_jobs AS j WHERE status = 'todo' AND EXISTS (SELECT 1 "
+        .. "FROM procrastinate_events AS e WHERE e.job_id = j.id AND e.type = 'started')")
+      assert.is_true(returned >= 3, tostring(returned))
+      assert.are.equal(returned, W.count(t.name, "FROM procrastinate_jobs AS j WHERE status = 'todo' AND attempts = 0 "
+        .. "AND (SELECT string_agg(type::text, ',' ORDER BY id) FROM procrastinate_events AS e WHERE e.job_id = j.id) "
+        .. "= 'deferred,started,deferred_for_retry'"))
+      assert.are.equal(28, W.count(t.name, "FROM procrastinate_jobs WHERE status IN ('todo', 'succeeded')"))
+    end)
+  end)
+end
+
+describe("tarry worker processes with prefetch on one queue", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("run each of 3,000 jobs exactly once, every process taking some", function()
+    db.psql(name, "CREATE TABLE effects (job_id bigint NOT NULL, worker text NOT NULL)")
+    local app = proc.app_file(name, [[
+app:task("count", function(args, ctx)
+  ctx.app.connector:execute("INSERT INTO effects VALUES ($1, $2)", ctx.job.id, ctx.worker_name)
+end)
+]])
+    db.psql(name, [[SELECT procrastinate_defer_jobs_v1(array_agg(
+      ROW('default', 'count', g % 5, CASE WHEN g % 7 = 0 THEN 'L' || (g % 3) END, NULL, jsonb_build_object('n', g),
+          NULL)::procrastinate_job_to_defer_v1)) FROM generate_series(1, 3000) g]])
+    local workers = proc.start_workers(3, app, "--one-shot -c 2 --prefetch 32 --log-level warning")
+    for i = 1, 3 do assert.are.equal(0, workers[i]:wait(300), workers[i]:output()) end
+    assert.are.equal("3000", db.value(name, "SELECT count(*) FROM effects"))
+    assert.are.equal("3000", db.value(name, "SELECT count(DISTINCT job_id) FROM effects"))
+    assert.are.equal("3000", db.value(name, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded' "
+      .. "AND attempts = 1 AND worker_id IS NULL"))
+    assert.are.equal("3", db.value(name, "SELECT count(DISTINCT worker) FROM effects"))
+  end)
+end)
