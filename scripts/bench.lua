@@ -4,8 +4,19 @@ local schema = require "tarry.schema"
 
 local build = arg[1] or "build"
 local TARRY = build .. "/bin/tarry"
-local SINGLE = tonumber(os.getenv("BENCH_SINGLE") or "5000")
+
+-- Options after the build directory: --quick (smaller runs, no retention table, under a minute),
+-- --only delete_old, --million (also: a worker's RSS over 1,000,000 jobs; takes minutes).
+local OPTS = {}
+for i = 2, #arg do
+  local k, v = arg[i]:match("^%-%-([%w_-]+)=?(.*)$")
+  if k == "only" and v == "" then k, v = "only", arg[i + 1] end
+  if k then OPTS[k] = v ~= "" and v or true end
+end
+
+local SINGLE = tonumber(os.getenv("BENCH_SINGLE") or (OPTS.quick and "1000" or "5000"))
 local BATCH = 20000
+local WORKER_JOBS = OPTS.quick and 5000 or 20000
 
 local admin = tarry.SyncPgConnector{ conninfo = "dbname=postgres" }
 
@@ -38,13 +49,6 @@ end
 
 local function rate(n, seconds) return string.format("%.0f", n / seconds) end
 
--- Options after the build directory: --quick (smaller retention table), --only delete_old.
-local OPTS = {}
-for i = 2, #arg do
-  local k, v = arg[i]:match("^%-%-([%w_-]+)=?(.*)$")
-  if k == "only" and v == "" then k, v = "only", arg[i + 1] end
-  if k then OPTS[k] = v ~= "" and v or true end
-end
 
 -- ---- retention: app.jobs:delete_old on a large table of finished jobs ----
 -- The rows are written directly, as workers would have left them: N succeeded jobs, each with its
@@ -162,50 +166,96 @@ return app
   f:close()
 end
 
-local worker_rows = {}
-for _, c in ipairs { 1, 10, 100 } do
+local function rss_kib(pid)
+  local f = io.open("/proc/" .. pid .. "/status")
+  if not f then return nil end
+  local kib = tonumber(f:read("a"):match("VmRSS:%s*(%d+)"))
+  f:close()
+  return kib
+end
+
+-- A fresh database with n no-op jobs (table ANALYZEd: just after a bulk insert the planner
+-- believes it empty and scans the wrong index), and a sync app on it.
+local function queue_of(n)
   local conninfo = fresh_db("bench_worker")
   write_app(conninfo)
   local app = tarry.App{ connector = tarry.SyncPgConnector{ conninfo = conninfo } }
   app:task("noop", function() end)
   local args = {}
-  for i = 1, BATCH do args[i] = {} end
-  app.tasks.noop:batch_defer(args)
-  -- Statistics as autovacuum would have them: just after a bulk insert the planner believes the
-  -- table is empty and scans the wrong index.
+  for i = 1, n do args[i] = {} end
+  for first = 1, n, 50000 do app.tasks.noop:batch_defer(table.move(args, first, math.min(n, first + 49999), 1, {})) end
   app.connector:execute("ANALYZE procrastinate_jobs")
-  local t0 = tarry.now()
-  assert(os.execute(string.format("%s worker --app %s --one-shot -c %d --log-level warning", TARRY, APP, c)))
-  local dt = tarry.now() - t0
-  local done = app.connector:execute("SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'succeeded'")[1].n
-  assert(done == BATCH, "not every job succeeded: " .. done)
-  worker_rows[#worker_rows + 1] = { c, BATCH, string.format("%.2f", dt), rate(BATCH, dt) }
-  app.connector:close()
+  return app
 end
-table_print("Worker throughput: 20,000 pre-deferred no-op jobs (table ANALYZEd), one `tarry worker --one-shot` process",
-  { "concurrency", "jobs", "seconds (process start to exit)", "jobs/s" }, worker_rows)
+
+local function succeeded(app)
+  return app.connector:execute("SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'succeeded'")[1].n
+end
+
+-- `processes` one-shot workers at once on one queue of n jobs: seconds from start to the last exit.
+local function run_workers(n, processes, options)
+  local app = queue_of(n)
+  local t0 = tarry.now()
+  local cmd = {}
+  for i = 1, processes do
+    cmd[i] = string.format("%s worker --app %s --one-shot --log-level warning --name w%d %s", TARRY, APP, i, options)
+  end
+  assert(os.execute("(" .. table.concat(cmd, " & ") .. " & wait)"))
+  local dt = tarry.now() - t0
+  local done = succeeded(app)
+  assert(done == n, "not every job succeeded: " .. done)
+  app.connector:close()
+  return dt
+end
+
+local SETTINGS = {
+  { "defaults (prefetch 16)", "" },
+  { "--prefetch 0 (one round trip a job at concurrency 1)", "--prefetch 0" },
+  { "--prefetch 256", "--prefetch 256" },
+}
+local worker_rows = {}
+for _, c in ipairs { 1, 10, 100 } do
+  for _, setting in ipairs(SETTINGS) do
+    local dt = run_workers(WORKER_JOBS, 1, string.format("-c %d %s", c, setting[2]))
+    worker_rows[#worker_rows + 1] = { c, setting[1], WORKER_JOBS, string.format("%.2f", dt), rate(WORKER_JOBS, dt) }
+  end
+end
+table_print(string.format("Worker throughput: %d pre-deferred no-op jobs, one `tarry worker --one-shot` process",
+  WORKER_JOBS), { "concurrency", "settings", "jobs", "seconds (process start to exit)", "jobs/s" }, worker_rows)
+
+local scale_rows = {}
+for _, processes in ipairs { 1, 2, 4 } do
+  local dt = run_workers(WORKER_JOBS, processes, "-c 10")
+  scale_rows[#scale_rows + 1] = { processes, WORKER_JOBS, string.format("%.2f", dt), rate(WORKER_JOBS, dt) }
+end
+table_print(string.format("Scaling out: %d jobs, N `tarry worker --one-shot -c 10` processes on one queue (defaults)",
+  WORKER_JOBS), { "processes", "jobs", "seconds (first start to last exit)", "jobs/s" }, scale_rows)
 
 -- ---- latency and idle RSS ----
-do
-  local conninfo = fresh_db("bench_latency")
+local function start_worker(conninfo, options)
   write_app(conninfo)
   local pidfile = os.tmpname()
-  os.execute(string.format("sh -c '%s worker --app %s --log-level warning --fetch-job-polling-interval 5 & echo $! > %s' ",
-    TARRY, APP, pidfile))
+  os.execute(string.format("sh -c '%s worker --app %s --log-level warning %s & echo $! > %s' ",
+    TARRY, APP, options or "", pidfile))
   local pid = io.open(pidfile):read("l")
+  os.remove(pidfile)
   local app = tarry.App{ connector = tarry.SyncPgConnector{ conninfo = conninfo } }
   app:task("noop", function() end)
   repeat tarry.sleep(0.05) until app.connector:execute(
     "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()")[1].n > 0
+  return pid, app
+end
+
+do
+  local pid, app = start_worker(fresh_db("bench_latency"), "--fetch-job-polling-interval 5")
   tarry.sleep(0.5)
-  local rss = io.open("/proc/" .. pid .. "/status"):read("a"):match("VmRSS:%s*(%d+)")
+  local rss = rss_kib(pid)
   local N = 200
   for _ = 1, N do
     app.tasks.noop:defer{}
     tarry.sleep(0.02)
   end
-  repeat tarry.sleep(0.05) until app.connector:execute(
-    "SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'succeeded'")[1].n == N
+  repeat tarry.sleep(0.05) until succeeded(app) == N
   local q = app.connector:execute([[
     SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
            percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, max(ms) AS max
@@ -218,9 +268,32 @@ do
     { "defer -> start latency p50 (200 jobs, 20 ms apart; event timestamps)", string.format("%.2f ms", q.p50) },
     { "defer -> start latency p99", string.format("%.2f ms", q.p99) },
     { "defer -> start latency max", string.format("%.2f ms", q.max) },
-    { "idle worker RSS", string.format("%.1f MiB", tonumber(rss) / 1024) },
+    { "idle worker RSS", string.format("%.1f MiB", rss / 1024) },
   })
 end
+
+-- ---- RSS over 1,000,000 jobs (--million) ----
+-- One waiting worker at concurrency 10 (defaults otherwise); jobs deferred in batches of 100,000
+-- while it runs; its RSS read after each batch is done.
+if OPTS.million then
+  local conninfo = fresh_db("bench_million")
+  local pid, app = start_worker(conninfo, "-c 10 --delete-jobs successful")
+  local rows = { { 0, string.format("%.1f", rss_kib(pid) / 1024) } }
+  local args = {}
+  for i = 1, 100000 do args[i] = {} end
+  local t0 = tarry.now()
+  for round = 1, 10 do
+    app.tasks.noop:batch_defer(args)
+    repeat tarry.sleep(0.2) until app.connector:execute(
+      "SELECT count(*) AS n FROM procrastinate_jobs WHERE status <> 'succeeded'")[1].n == 0
+    rows[#rows + 1] = { round * 100000, string.format("%.1f", rss_kib(pid) / 1024) }
+  end
+  local dt = tarry.now() - t0
+  os.execute("kill -TERM " .. pid)
+  app.connector:close()
+  table_print(string.format("Worker RSS over 1,000,000 jobs (one waiting worker, -c 10, --delete-jobs successful; "
+    .. "%.0f jobs/s overall)", 1000000 / dt), { "jobs done", "RSS MiB" }, rows)
+end
 os.remove(APP)
-bench_delete_old()
+if not OPTS.quick then bench_delete_old() end
 admin:close()

@@ -13,10 +13,13 @@ local PgJobs = require "tarry.pg_jobs"
 local PROCRASTINATE_TRIGGERS = "spec/fixtures/procrastinate_triggers.sql"
 
 local SCHEMAS = {
-  { label = "tarry's schema", setup = function() end, combined = "tarry_finish_fetch_jobs_v1" },
+  { label = "tarry's schema", setup = function() end, combined = "tarry_finish_fetch_jobs_v1", lean_skips = true },
   { label = "Procrastinate's triggers", combined = "tarry_finish_fetch_jobs_v1",
     setup = function(name) db.apply_schema_file(name, PROCRASTINATE_TRIGGERS) end },
+  -- (The protocol's retry keeps the job's worker_id: unregistering the worker then updates the row,
+  -- and the scheduled trigger logs one more `scheduled`; see spec/worker_interop_spec.lua.)
   { label = "Procrastinate's triggers, without tarry_finish_fetch_jobs_v1", combined = "procrastinate_fetch_job_v2",
+    retried_later = "deferred,started,scheduled,deferred_for_retry,scheduled",
     setup = function(name)
       db.apply_schema_file(name, PROCRASTINATE_TRIGGERS)
       db.psql(name, "DROP FUNCTION tarry_finish_fetch_jobs_v1")
@@ -179,6 +182,24 @@ for _, schema in ipairs(SCHEMAS) do
       assert.are.equal("deferred,started,scheduled,deferred_for_retry,started,failed", W.events(t.name, flaky))
       for _, id in ipairs(oks) do assert.are.equal("deferred,started,succeeded", W.events(t.name, id)) end
       assert.are.equal(0, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' OR worker_id IS NOT NULL"))
+    end)
+
+    it("lean mode writes no event rows for fetches and outcomes, on tarry's triggers only", function()
+      t.app:task("ok", function() end)
+      t.app:task("later", { retry = { max_attempts = 1, wait = 3600 } }, function() error("no") end)
+      local ok = { t.app.tasks.ok:defer{}, t.app.tasks.ok:defer{} }
+      local later = t.app.tasks.later:defer{}
+      W.run(t.app, { concurrency = 1, lean = true, log_level = "error", log_stream = io.tmpfile() })
+      for _, id in ipairs(ok) do
+        assert.are.same({ "succeeded", 1 }, W.state(t.name, id))
+        assert.are.equal(schema.lean_skips and "deferred" or "deferred,started,succeeded", W.events(t.name, id))
+      end
+      assert.are.same({ "todo", 1 }, W.state(t.name, later))
+      assert.are.equal(schema.lean_skips and "deferred"
+        or schema.retried_later or "deferred,started,scheduled,deferred_for_retry", W.events(t.name, later))
+      local again = t.app.tasks.ok:defer{}               -- the flag lasted only for the worker's statements
+      db.psql(t.name, "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = " .. again)
+      assert.are.equal("deferred,started", W.events(t.name, again))
     end)
 
     it("a graceful stop puts the prefetched jobs back to todo and runs those that cannot go back", function()

@@ -18,7 +18,8 @@ function M.run(cli, cmd)
       .. "of --app %s is %s", cmd.app, tostring(app.connector))
   end
   app:run_worker{
-    queues = cmd.queues, concurrency = cmd.concurrency, prefetch = cmd.prefetch, wait = not cmd.one_shot, name = cmd.name,
+    queues = cmd.queues, concurrency = cmd.concurrency, wait = not cmd.one_shot, name = cmd.name,
+    prefetch = cmd.prefetch, lean = cmd.lean and true or false,
     listen_notify = not cmd.no_listen_notify, delete_jobs = cmd.delete_jobs,
     shutdown_graceful_timeout = cmd.shutdown_graceful_timeout,
     fetch_job_polling_interval = cmd.fetch_job_polling_interval,

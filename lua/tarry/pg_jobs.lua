@@ -64,9 +64,9 @@ local FAST_FINISH_FETCH = [[
 SELECT id, task_name, queue_name AS queue, priority, lock, queueing_lock, args, attempts,
        extract(epoch FROM scheduled_at)::float8 AS scheduled_at
 FROM tarry_finish_fetch_jobs_v1($1::bigint[], $2::procrastinate_job_status[], $3::boolean[], $4::float8[],
-                                $5::varchar[], $6::bigint, $7::integer)]]
+                                $5::varchar[], $6::bigint, $7::integer, $8::boolean)]]
 local TARRY_FINISH_FETCH = "tarry_finish_fetch_jobs_v1(bigint[], procrastinate_job_status[], boolean[], "
-  .. "double precision[], character varying[], bigint, integer)"
+  .. "double precision[], character varying[], bigint, integer, boolean)"
 
 -- Prefetched jobs a stopping worker did not start, back to todo (see PgJobs:release).
 local RELEASE = [[
@@ -125,7 +125,7 @@ function PgJobs:register(stalled_after)
   if self.connector:execute(HAS_FAST)[1].fast then
     self.fetch_sql, self.finish_sql, self.fast = FAST_FETCH, FAST_FINISH, true
   end
-  if self:has_function(TARRY_FINISH_FETCH) then self.finish_fetch_sql = FAST_FINISH_FETCH end
+  if self:has_function(TARRY_FINISH_FETCH) then self.finish_fetch_sql, self.can_skip_events = FAST_FINISH_FETCH, true end
   self.connector:execute("SELECT worker_id FROM procrastinate_prune_stalled_workers_v1($1)", stalled_after or 30)
   return self.connector:execute("SELECT worker_id FROM procrastinate_register_worker_v1()")[1].worker_id
 end
@@ -165,9 +165,15 @@ end
 
 --- finish(outcomes), then fetch(queues, worker_id, n), in one statement and one transaction: the
 -- fetch sees what the finish changed. All or nothing: an error leaves every outcome unrecorded.
-function PgJobs:finish_fetch(outcomes, queues, worker_id, n)
+-- lean: write no procrastinate_events rows for these changes (only with tarry's function; on a
+-- schema without it, or with Procrastinate's row-level triggers, the events are written).
+function PgJobs:finish_fetch(outcomes, queues, worker_id, n, lean)
   if queues ~= self.queues then self.queues, self.literal = queues, PgJobs.queues_literal(queues) end
   local ids, statuses, dels, ats = outcome_arrays(outcomes)
+  if self.can_skip_events then
+    return self.connector:execute(self.finish_fetch_sql, ids, statuses, dels, ats, self.literal, worker_id, n,
+      lean and true or false)
+  end
   return self.connector:execute(self.finish_fetch_sql, ids, statuses, dels, ats, self.literal, worker_id, n)
 end
 

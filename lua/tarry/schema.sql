@@ -612,6 +612,10 @@ BEGIN
         ORDER BY job.id, channel.rank;
     END IF;
 
+    IF current_setting('tarry.skip_events', true) = 'on' THEN
+        RETURN NULL;      -- a lean worker's fetch or finish (tarry_finish_fetch_jobs_v1)
+    END IF;
+
     INSERT INTO procrastinate_events (job_id, type, at)
     SELECT job.id, event.type, event.at
     FROM (SELECT row_number() OVER () AS position, updated.* FROM new_jobs AS updated) AS job
@@ -812,21 +816,29 @@ $$;
 -- The worker's one round trip: the outcomes of the jobs that ended (tarry_finish_jobs_v1, all or
 -- nothing), then up to max_jobs new jobs (tarry_fetch_jobs_v1), in one transaction.  The fetch runs
 -- after the finish and sees its changes: a lock the batch released, a job it retried for now.
--- Returns the jobs fetched, as tarry_fetch_jobs_v1 does.
+-- Returns the jobs fetched, as tarry_fetch_jobs_v1 does.  skip_events: see below.
 CREATE FUNCTION tarry_finish_fetch_jobs_v1(job_ids bigint[], end_statuses procrastinate_job_status[],
                                            delete_jobs boolean[], retry_at_epochs double precision[],
                                            target_queue_names character varying[], p_worker_id bigint,
-                                           max_jobs integer)
+                                           max_jobs integer, skip_events boolean)
 RETURNS SETOF procrastinate_jobs
 LANGUAGE plpgsql
 SET jit = off
 AS $$
 BEGIN
+    -- The worker's lean mode: no procrastinate_events rows for these changes (tarry_jobs_update_events
+    -- reads the flag); only for this call, and never the notifications.
+    IF skip_events THEN
+        PERFORM set_config('tarry.skip_events', 'on', true);
+    END IF;
     IF cardinality(job_ids) > 0 THEN
         PERFORM tarry_finish_jobs_v1(job_ids, end_statuses, delete_jobs, retry_at_epochs);
     END IF;
     IF max_jobs > 0 THEN
         RETURN QUERY SELECT * FROM tarry_fetch_jobs_v1(target_queue_names, p_worker_id, max_jobs);
+    END IF;
+    IF skip_events THEN
+        PERFORM set_config('tarry.skip_events', 'off', true);
     END IF;
 END;
 $$;

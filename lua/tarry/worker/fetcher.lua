@@ -112,7 +112,7 @@ end
 function Fetcher:finish_fetch(n)
   local w = self.w
   local outcomes = w.recorder:take()
-  local ok, jobs = pcall(w.store.finish_fetch, w.store, outcomes, w.opts.queues, w.liveness.worker_id, n)
+  local ok, jobs = pcall(w.store.finish_fetch, w.store, outcomes, w.opts.queues, w.liveness.worker_id, n, w.opts.lean)
   w.recorder:taken(outcomes, ok, jobs)
   if not ok and #outcomes > 0 and not Health.is_connection_error(jobs) then
     -- An outcome the database refused took the fetch down with it: record them apart, fetch again.

@@ -57,10 +57,19 @@ end
 --- Nothing pending and nothing being written.
 function Recorder:idle() return #self.pending == 0 and self.in_flight == 0 end
 
+-- One statement for these outcomes (a lean worker's through the round trip, fetching nothing).
+function Recorder:finish(batch)
+  local w = self.w
+  if w.opts.lean and w.fetcher.combined then
+    return w.store:finish_fetch(batch, w.opts.queues, w.liveness.worker_id, 0, true)
+  end
+  return w.store:finish(batch)
+end
+
 function Recorder:write_one_by_one(batch)
   local w = self.w
   for _, o in ipairs(batch) do
-    local ok, err = pcall(w.store.finish, w.store, { o })
+    local ok, err = pcall(self.finish, self, { o })
     if not ok then
       if Health.is_connection_error(err) then
         self.pending[#self.pending + 1] = o
@@ -77,7 +86,7 @@ function Recorder:write(batch)
   local w = self.w
   self.in_flight = #batch
   w.log:debugf("finish_batch", "recording %d job outcome(s) in one statement", #batch)
-  local ok, err = pcall(w.store.finish, w.store, batch)
+  local ok, err = pcall(self.finish, self, batch)
   if not ok and not Health.is_connection_error(err) and #batch > 1 then
     self:write_one_by_one(batch)          -- one bad id must not hold the others back
     ok = true
