@@ -6,7 +6,8 @@ local build = arg[1] or "build"
 local TARRY = build .. "/bin/tarry"
 
 -- Options after the build directory: --quick (smaller runs, no retention table, under a minute),
--- --only delete_old, --million (also: a worker's RSS over 1,000,000 jobs; takes minutes).
+-- --million (also: a worker's RSS over 1,000,000 jobs; takes minutes), --only SECTION (defer,
+-- worker, latency, million or delete_old), --baseline (worker runs with defaults only).
 local OPTS = {}
 for i = 2, #arg do
   local k, v = arg[i]:match("^%-%-([%w_-]+)=?(.*)$")
@@ -104,15 +105,11 @@ do
   rows[#rows + 1] = { "machine", string.format("%s cores, %s", nproc, cpu) }
   table_print("PostgreSQL settings (same for every run)", { "setting", "value" }, rows)
 end
-if OPTS.only == "delete_old" then
-  bench_delete_old()
-  admin:close()
-  return
-end
+local function want(section) return OPTS.only == nil or OPTS.only == section end
 
 -- ---- defer ----
 local defer_rows = {}
-do
+if want("defer") then
   local conninfo = fresh_db("bench_defer")
   local function measure(label, app, n, in_coroutine, parallel)
     local t0 = tarry.now()
@@ -208,28 +205,30 @@ local function run_workers(n, processes, options)
   return dt
 end
 
-local SETTINGS = {
+-- (--baseline: defaults only, for a tarry without these options, to compare with.)
+local SETTINGS = OPTS.baseline and { { "defaults", "" } } or {
   { "defaults (prefetch 16)", "" },
   { "--prefetch 0 (one round trip a job at concurrency 1)", "--prefetch 0" },
   { "--prefetch 256", "--prefetch 256" },
+  { "--prefetch 256 --lean (no event rows)", "--prefetch 256 --lean" },
 }
 local worker_rows = {}
-for _, c in ipairs { 1, 10, 100 } do
+for _, c in ipairs(want("worker") and { 1, 10, 100 } or {}) do
   for _, setting in ipairs(SETTINGS) do
     local dt = run_workers(WORKER_JOBS, 1, string.format("-c %d %s", c, setting[2]))
     worker_rows[#worker_rows + 1] = { c, setting[1], WORKER_JOBS, string.format("%.2f", dt), rate(WORKER_JOBS, dt) }
   end
 end
-table_print(string.format("Worker throughput: %d pre-deferred no-op jobs, one `tarry worker --one-shot` process",
-  WORKER_JOBS), { "concurrency", "settings", "jobs", "seconds (process start to exit)", "jobs/s" }, worker_rows)
+if want("worker") then table_print(string.format("Worker throughput: %d pre-deferred no-op jobs, one `tarry worker --one-shot` process",
+  WORKER_JOBS), { "concurrency", "settings", "jobs", "seconds (process start to exit)", "jobs/s" }, worker_rows) end
 
 local scale_rows = {}
-for _, processes in ipairs { 1, 2, 4 } do
+for _, processes in ipairs(want("worker") and { 1, 2, 4 } or {}) do
   local dt = run_workers(WORKER_JOBS, processes, "-c 10")
   scale_rows[#scale_rows + 1] = { processes, WORKER_JOBS, string.format("%.2f", dt), rate(WORKER_JOBS, dt) }
 end
-table_print(string.format("Scaling out: %d jobs, N `tarry worker --one-shot -c 10` processes on one queue (defaults)",
-  WORKER_JOBS), { "processes", "jobs", "seconds (first start to last exit)", "jobs/s" }, scale_rows)
+if want("worker") then table_print(string.format("Scaling out: %d jobs, N `tarry worker --one-shot -c 10` processes on one queue (defaults)",
+  WORKER_JOBS), { "processes", "jobs", "seconds (first start to last exit)", "jobs/s" }, scale_rows) end
 
 -- ---- latency and idle RSS ----
 local function start_worker(conninfo, options)
@@ -246,7 +245,7 @@ local function start_worker(conninfo, options)
   return pid, app
 end
 
-do
+if want("latency") then
   local pid, app = start_worker(fresh_db("bench_latency"), "--fetch-job-polling-interval 5")
   tarry.sleep(0.5)
   local rss = rss_kib(pid)
@@ -275,25 +274,27 @@ end
 -- ---- RSS over 1,000,000 jobs (--million) ----
 -- One waiting worker at concurrency 10 (defaults otherwise); jobs deferred in batches of 100,000
 -- while it runs; its RSS read after each batch is done.
-if OPTS.million then
+if (OPTS.million and want("million")) or OPTS.only == "million" then
   local conninfo = fresh_db("bench_million")
   local pid, app = start_worker(conninfo, "-c 10 --delete-jobs successful")
   local rows = { { 0, string.format("%.1f", rss_kib(pid) / 1024) } }
+  local total = tonumber(os.getenv("BENCH_MILLION_N") or "") or 1000000
+  local per = total // 10
   local args = {}
-  for i = 1, 100000 do args[i] = {} end
+  for i = 1, per do args[i] = {} end
   local t0 = tarry.now()
   for round = 1, 10 do
-    app.tasks.noop:batch_defer(args)
+    for first = 1, per, 50000 do app.tasks.noop:batch_defer(table.move(args, first, math.min(per, first + 49999), 1, {})) end
     repeat tarry.sleep(0.2) until app.connector:execute(
       "SELECT count(*) AS n FROM procrastinate_jobs WHERE status <> 'succeeded'")[1].n == 0
-    rows[#rows + 1] = { round * 100000, string.format("%.1f", rss_kib(pid) / 1024) }
+    rows[#rows + 1] = { round * per, string.format("%.1f", rss_kib(pid) / 1024) }
   end
   local dt = tarry.now() - t0
   os.execute("kill -TERM " .. pid)
   app.connector:close()
-  table_print(string.format("Worker RSS over 1,000,000 jobs (one waiting worker, -c 10, --delete-jobs successful; "
-    .. "%.0f jobs/s overall)", 1000000 / dt), { "jobs done", "RSS MiB" }, rows)
+  table_print(string.format("Worker RSS over %d jobs (one waiting worker, -c 10, --delete-jobs successful; "
+    .. "%.0f jobs/s overall, deferring included)", total, total / dt), { "jobs done", "RSS MiB" }, rows)
 end
 os.remove(APP)
-if not OPTS.quick then bench_delete_old() end
+if (not OPTS.quick and want("delete_old")) then bench_delete_old() end
 admin:close()

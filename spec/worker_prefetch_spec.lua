@@ -216,7 +216,7 @@ end)
       local held = defer(t.name, "gate")
       local qlocked = defer(t.name, "quick", { queueing_lock = "Q" })
       for _ = 1, 20 do defer(t.name, "quick") end
-      local w = proc.start("worker --app " .. app .. " -c 1 --prefetch 8 --log-level debug")
+      local w = proc.start("worker --app " .. app .. " -c 1 --prefetch 8 --prefetch-hold 600 --log-level debug")
       -- The gate job runs; the worker holds prefetched jobs besides it (doing, with its id).
       proc.until_true_while({ w }, function()
         return W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' AND id > " .. held) >= 4
@@ -242,6 +242,77 @@ end)
     end)
   end)
 end
+
+describe("a prefetched job whose abort is requested", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("ends aborted without running", function()
+    local gate, ran = os.tmpname(), os.tmpname()
+    os.remove(gate)
+    local app = proc.app_file(name, string.format([[
+app:task("quick", function(_, ctx) local f = io.open(%q, "a"); f:write(ctx.job.id, "\n"); f:close() end)
+app:task("gate", function(_, ctx)
+  local deadline = os.time() + 120
+  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
+end)
+]], ran, gate))
+    for _ = 1, 5 do defer(name, "quick") end
+    local held = defer(name, "gate")
+    local victim = defer(name, "quick")
+    local w = proc.start("worker --app " .. app .. " -c 1 --prefetch 8 --prefetch-hold 600 --log-level info")
+    proc.until_true_while({ w }, function() return W.state(name, victim)[1] == "doing" end, 60,
+      "the worker to prefetch the job after the gate job")
+    assert.are.same({ "doing", 0 }, W.state(name, held))
+    db.psql(name, "SELECT procrastinate_cancel_job_v1(" .. victim .. ", true, false)")
+    proc.until_true_while({ w }, function() return W.state(name, victim)[1] == "aborted" end, 60,
+      "the queued job to end aborted")
+    assert(io.open(gate, "w")):close()
+    w:signal("TERM")
+    assert.are.equal(0, w:wait(60), w:output())
+    os.remove(gate)
+    assert.are.equal("deferred,started,abort_requested,aborted", W.events(name, victim))
+    assert.are.same({ "succeeded", 1 }, W.state(name, held))
+    local runs = proc.read(ran) or ""
+    os.remove(ran)
+    assert.is_nil(runs:find("^" .. victim .. "\n") or runs:find("\n" .. victim .. "\n"), runs)
+    assert.are.equal(5, select(2, runs:gsub("\n", "")))
+  end)
+end)
+
+describe("prefetched jobs behind a long job", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  it("go back to todo after --prefetch-hold seconds, and another worker runs them", function()
+    local gate = os.tmpname()
+    os.remove(gate)
+    local app = proc.app_file(name, string.format([[
+app:task("quick", function() end)
+app:task("gate", function(_, ctx)
+  local deadline = os.time() + 120
+  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
+end)
+]], gate))
+    for _ = 1, 5 do defer(name, "quick") end
+    local held = defer(name, "gate")
+    for _ = 1, 10 do defer(name, "quick") end
+    local w = proc.start("worker --app " .. app .. " -c 1 --prefetch 8 --prefetch-hold 0.2 --log-level debug --name w1")
+    w:wait_for("every slot runs a long job", 1, 60)
+    assert.are.same({ "doing", 0 }, W.state(name, held))
+    assert.are.equal(0, W.count(name, "FROM procrastinate_jobs WHERE status = 'doing' AND id <> " .. held))
+    local other = proc.start("worker --app " .. app .. " --one-shot -c 1 --name w2 --log-level warning")
+    assert.are.equal(0, other:wait(60), other:output())
+    assert.are.equal(15, W.count(name, "FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"))
+    assert(io.open(gate, "w")):close()
+    w:signal("TERM")
+    assert.are.equal(0, w:wait(60), w:output())
+    os.remove(gate)
+    assert.are.same({ "succeeded", 1 }, W.state(name, held))
+  end)
+end)
 
 describe("tarry worker processes with prefetch on one queue", function()
   local name

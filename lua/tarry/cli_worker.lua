@@ -19,7 +19,7 @@ function M.run(cli, cmd)
   end
   app:run_worker{
     queues = cmd.queues, concurrency = cmd.concurrency, wait = not cmd.one_shot, name = cmd.name,
-    prefetch = cmd.prefetch, lean = cmd.lean and true or false,
+    prefetch = cmd.prefetch, prefetch_hold = cmd.prefetch_hold, lean = cmd.lean and true or false,
     listen_notify = not cmd.no_listen_notify, delete_jobs = cmd.delete_jobs,
     shutdown_graceful_timeout = cmd.shutdown_graceful_timeout,
     fetch_job_polling_interval = cmd.fetch_job_polling_interval,

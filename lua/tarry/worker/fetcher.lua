@@ -6,8 +6,9 @@
 -- them and fetches the next jobs (store:finish_fetch), so a job costs one round trip, not two. And
 -- with `prefetch` > 0, jobs are taken ahead into a local queue, started as soon as a slot frees up,
 -- without a round trip: up to `prefetch` jobs beyond the free slots, and only as many as the
--- worker's recent jobs say it starts within PREFETCH_WINDOW seconds, so a worker busy with long
--- jobs holds none back from the others. A queued job is `doing` with this worker's id like a
+-- worker's recent jobs say it starts within PREFETCH_WINDOW seconds; none while every slot runs
+-- a long job, and what waited `prefetch_hold` seconds then goes back to todo, so a worker busy
+-- with long jobs holds none back from the others for long. A queued job is `doing` with this worker's id like a
 -- running one: no other worker takes it, stalled recovery treats it as running here, and a
 -- graceful stop puts the unstarted ones back to `todo` (store:release).
 -- @module tarry.worker.fetcher
@@ -48,8 +49,20 @@ function Fetcher:ahead()
   local w = self.w
   local limit = w.opts.prefetch
   if limit == 0 or not self.can_release or w.stopping or not self.pace then return 0 end
+  if self:slots_held() then return 0 end
   local by_pace = math.floor(PREFETCH_WINDOW * w.opts.concurrency / math.max(self.pace, 1e-6))
   return math.min(limit, by_pace)
+end
+
+-- True when every slot runs a job that started more than PREFETCH_WINDOW ago: queued jobs would wait.
+function Fetcher:slots_held()
+  local w = self.w
+  if w.runner:free() > 0 then return false end
+  local since, old = core.now() - PREFETCH_WINDOW, 0
+  for _, t in pairs(self.started_at) do
+    if t < since then old = old + 1 end
+  end
+  return old >= w.opts.concurrency
 end
 
 --- How many jobs the worker can take now: its free slots, plus what it may queue ahead, less
@@ -93,6 +106,22 @@ function Fetcher:start_queued(stopping_too)
   while #self.queue > 0 and w.runner:free() > 0 and not w.forced and (stopping_too or not w.stopping) do
     self:start(table.remove(self.queue, 1))
   end
+end
+
+--- An abort was requested for job `id`: if it is queued here, it ends aborted without running.
+function Fetcher:abort(id)
+  for i, job in ipairs(self.queue) do
+    if job.id == id then
+      table.remove(self.queue, i)
+      local w = self.w
+      w.log:info("job_aborted", string.format("job %d %s aborted on request before it started", id, job.task_name),
+        { job_id = id, task = job.task_name, queue = job.queue })
+      w.recorder:add{ id = id, status = "aborted", delete = w.opts.delete_jobs == "always" }
+      self:wake()
+      return true
+    end
+  end
+  return false
 end
 
 -- Add fetched jobs: into free slots, the rest to the queue (kept in the protocol's order).
@@ -175,6 +204,23 @@ function Fetcher:nothing_left(n, batches_before)
     and w.recorder.batches == batches_before
 end
 
+-- Queued jobs that waited `prefetch_hold` seconds with every slot held by a long job go back to
+-- todo, for other workers to take (else they would wait as long as that job).
+function Fetcher:hand_back()
+  local w = self.w
+  if #self.queue == 0 or w.runner:free() > 0 or not self:slots_held() then return end
+  local ids = {}
+  for i, job in ipairs(self.queue) do ids[i] = job.id end
+  local ok, back = pcall(w.store.release, w.store, ids, w.liveness.worker_id)
+  if not ok then return end               -- they wait here; the next round tries again
+  local gone = {}
+  for _, id in ipairs(back) do gone[id] = true end
+  local keep = {}
+  for _, job in ipairs(self.queue) do if not gone[job.id] then keep[#keep + 1] = job end end
+  self.queue = keep
+  w.log:debugf("released", "put back %d prefetched job(s): every slot runs a long job", #back)
+end
+
 --- At a stop: the queued jobs go back to todo; those that cannot (an abort was requested, or a
 -- waiting job took their queueing lock) run here, as slots free up. When the database cannot be
 -- reached they stay `doing` with this worker's id, and stalled recovery puts them back once the
@@ -221,6 +267,9 @@ function Fetcher:loop()
         if not w.opts.wait and self:nothing_left(n, batches_before) then break end
         if not w.opts.wait and w.recorder.batches ~= batches_before then
           -- one-shot: outcomes were recorded (maybe by this round), so look again at once
+        elseif #self.queue > 0 and w.runner:free() <= 0 then
+          self:wait(w.opts.prefetch_hold)                 -- a slot frees up, or give the queue back
+          if not w.stopping then self:hand_back() end
         elseif self:wanted() <= 0 or #self.queue > 0 or not w.opts.wait then
           self:wait()                                     -- a slot frees up (or a stop)
         else

@@ -31,7 +31,7 @@ function Notifier:dispatch(note)
     w.fetcher:wake()
   elseif payload.type == "abort_job_requested" then
     local id = math.tointeger(payload.job_id)
-    if id then w.runner:abort(id, "NOTIFY") end
+    if id and not w.runner:abort(id, "NOTIFY") then w.fetcher:abort(id) end
   end
 end
 

@@ -17,6 +17,7 @@ M.SPEC = {
   concurrency = { 1, function(v) return math.type(v) == "integer" and v >= 1 end, "an integer >= 1" },
   -- jobs taken ahead of the free slots, while recent jobs are short (tarry/worker/fetcher.lua)
   prefetch = { 16, function(v) return math.type(v) == "integer" and v >= 0 end, "an integer >= 0" },
+  prefetch_hold = { 1, seconds, "a number of seconds >= 0" },   -- then queued jobs behind long ones go back
   lean = { false, is_bool, "a boolean" },   -- no event rows for fetch and finish (tarry's schema only)
   wait = { true, is_bool, "a boolean" },
   name = { "worker", function(v) return type(v) == "string" and #v > 0 end, "a non-empty string" },
