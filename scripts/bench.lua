@@ -208,7 +208,7 @@ end
 -- (--baseline: defaults only, for a tarry without these options, to compare with.)
 local SETTINGS = OPTS.baseline and { { "defaults", "" } } or {
   { "defaults (prefetch 16)", "" },
-  { "--prefetch 0 (one round trip a job at concurrency 1)", "--prefetch 0" },
+  { "--prefetch 0 (nothing taken ahead)", "--prefetch 0" },
   { "--prefetch 256", "--prefetch 256" },
   { "--prefetch 256 --lean (no event rows)", "--prefetch 256 --lean" },
 }

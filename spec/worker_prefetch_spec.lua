@@ -159,8 +159,12 @@ for _, schema in ipairs(SCHEMAS) do
         local id = defer(t.name, "t", { lock = lock })
         if lock then locked[lock] = locked[lock] or {}; table.insert(locked[lock], id) end
       end
-      W.run(t.app, { concurrency = 4, prefetch = 16 })
-      assert.are.equal(40, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"))
+      local log = io.tmpfile()
+      W.run(t.app, { concurrency = 4, prefetch = 16, log_stream = log })
+      log:seek("set")
+      assert.are.equal(40, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"),
+        log:read("a") .. db.value(t.name, "SELECT string_agg(id || ':' || status || ':' || coalesce(lock, '-'), ' ' "
+          .. "ORDER BY id) FROM procrastinate_jobs"))
       for _, ids in pairs(locked) do              -- a lock's jobs ran in id order
         local seen = {}
         for _, line in ipairs(journal) do

@@ -15,7 +15,7 @@ local function is_bool(v) return type(v) == "boolean" end
 M.SPEC = {
   queues = { nil, function(v) return type(v) == "table" end, "a list of queue names" },
   concurrency = { 1, function(v) return math.type(v) == "integer" and v >= 1 end, "an integer >= 1" },
-  -- jobs taken ahead of the free slots, while recent jobs are short (tarry/worker/fetcher.lua)
+  -- jobs held, running and taken ahead, while recent jobs are short (tarry/worker/fetcher.lua)
   prefetch = { 16, function(v) return math.type(v) == "integer" and v >= 0 end, "an integer >= 0" },
   prefetch_hold = { 1, seconds, "a number of seconds >= 0" },   -- then queued jobs behind long ones go back
   lean = { false, is_bool, "a boolean" },   -- no event rows for fetch and finish (tarry's schema only)

@@ -14,7 +14,8 @@ function Recorder.new(w)
   return setmetatable({
     w = w,
     pending = {},          -- outcomes not yet recorded
-    in_flight = 0,         -- outcomes being recorded right now
+    in_flight = 0,         -- outcomes being recorded right now, by the loop
+    riding = 0,            -- outcomes being recorded right now, along with the fetcher's fetch
     batches = 0,           -- batches recorded so far (a one-shot worker's exit test)
     has_work = core.Event(),
   }, Recorder)
@@ -32,18 +33,23 @@ function Recorder:kick()
   if #self.pending > 0 then self.has_work:set() end
 end
 
---- The fetcher takes the pending outcomes along on its round trip (store:finish_fetch) ...
-function Recorder:take()
+--- The fetcher takes the pending outcomes along on its round trip (store:finish_fetch), unless
+-- there are more than `max`: those the loop writes meanwhile, on another connection ...
+function Recorder:take(max)
+  if #self.pending > max then
+    self.has_work:set()
+    return {}
+  end
   local batch = self.pending
   self.pending = {}
-  self.in_flight = #batch
+  self.riding = #batch
   return batch
 end
 
 --- ... and says how it went: recorded (ok), to retry (a connection error), or, refused by the
 -- database, written here (one by one if need be).
 function Recorder:taken(batch, ok, err)
-  self.in_flight = 0
+  self.riding = 0
   if #batch == 0 then return end
   if ok then
     self.batches = self.batches + 1
@@ -55,7 +61,7 @@ function Recorder:taken(batch, ok, err)
 end
 
 --- Nothing pending and nothing being written.
-function Recorder:idle() return #self.pending == 0 and self.in_flight == 0 end
+function Recorder:idle() return #self.pending == 0 and self.in_flight == 0 and self.riding == 0 end
 
 -- One statement for these outcomes (a lean worker's through the round trip, fetching nothing).
 function Recorder:finish(batch)
