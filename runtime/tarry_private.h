@@ -145,6 +145,9 @@ void tarry_signals_open(lua_State *L);
 void tarry_listener_open(lua_State *L);
 int tarry_listen(lua_State *L);   /* core.listen(conninfo, channels, connect_timeout, query_timeout) */
 
+/* ---- http.c: tarry.HttpServer (libmicrohttpd on the loop) ---- */
+void tarry_http_open(lua_State *L);
+
 /* ---- app.c ---- */
 void tarry_app_open(lua_State *L);
 
