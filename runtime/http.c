@@ -1,17 +1,20 @@
 /* tarry.HttpServer: an HTTP server (GNU libmicrohttpd) on the runtime's libev loop, no threads.
  *
- *   local srv = core.HttpServer{ host = "127.0.0.1", port = 8470 }   -- port 0: any free port
+ *   local srv = core.HttpServer{ host = "127.0.0.1", port = 8470,    -- port 0: any free port
+ *     handler = function(req)    -- runs in a new tarry coroutine for each request
+ *       -- req.method, req.path, req.query, req.headers (lower-case names), req.body
+ *       req:respond(200, { ["Content-Type"] = "text/plain" }, "hi")   --> false if the client left
+ *     end }
  *   srv:port()                   --> 8470
- *   local req = srv:accept()     -- parks the coroutine until a request came (nil once closed)
- *   req.method, req.path, req.query, req.headers, req.body           -- headers: lower-case names
- *   req:respond(200, { ["Content-Type"] = "text/plain" }, "hi")      --> false if the client left
  *   srv:close()
  *
  * Mechanism only: routing, auth and every other policy are Lua's (tarry/dashboard/). MHD runs in
  * epoll mode with external polling: its one epoll fd is watched by an ev_io, its timeout by an
  * ev_timer, and each readiness calls MHD_run. A complete request is suspended
- * (MHD_suspend_connection) and handed to Lua; req:respond resumes it with the response, so a
- * handler can wait on the database without blocking the loop. */
+ * (MHD_suspend_connection) and handed to the Lua handler in a coroutine of its own (the runtime's
+ * scheduler); req:respond resumes it with the response, so a handler can wait on the database
+ * without blocking the loop. No coroutine waits for requests, so a server alone does not keep
+ * core.run() going: whoever serves keeps a coroutine of its own (waiting for a signal). */
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -35,8 +38,7 @@ typedef struct tarry_http {
     struct ev_loop *loop;
     ev_io io;
     ev_timer timer;
-    tarry_co *waiter;            /* the coroutine parked in accept() */
-    http_req *ready, *ready_tail; /* complete requests nobody accepted yet */
+    lua_State *T;                /* a thread whose stack holds the handler at 1; spawns from there */
     http_req *live;              /* every request MHD still knows */
     size_t max_body;
     unsigned port;
@@ -55,7 +57,7 @@ struct http_req {
     struct MHD_Response *resp;
     unsigned status;
     req_ud *ud;                  /* the Lua object holding it, or NULL */
-    http_req *next_ready, *next_live, *prev_live;
+    http_req *next_live, *prev_live;
 };
 
 /* ---- driving MHD from libev ---- */
@@ -153,35 +155,33 @@ static void push_request(lua_State *L, http_req *r)
     lua_setiuservalue(L, -2, 1);
 }
 
-/* A complete request: to the waiting acceptor, or queued for the next accept(). */
-static void hand_over(tarry_http *s, http_req *r)
+static int spawn_handler(lua_State *T)
 {
-    if (s->waiter) {
-        tarry_co *h = s->waiter;
-        s->waiter = NULL;
-        lua_pushboolean(tarry_co_state(h), 1);
-        push_request(tarry_co_state(h), r);
-        tarry_rt_wake(h, 2);
-        return;
-    }
-    if (s->ready_tail) s->ready_tail->next_ready = r; else s->ready = r;
-    s->ready_tail = r;
+    tarry_rt_spawn(T, 1);            /* the handler and the request */
+    return 0;
 }
 
-static void unlink_ready(tarry_http *s, http_req *r)
+/* A complete request: to the Lua handler, in a new coroutine (a 500 if it cannot be made). */
+static void hand_over(tarry_http *s, http_req *r)
 {
-    http_req **p = &s->ready, *prev = NULL;
-    while (*p && *p != r) { prev = *p; p = &(*p)->next_ready; }
-    if (!*p) return;
-    *p = r->next_ready;
-    if (s->ready_tail == r) s->ready_tail = prev;
-    r->next_ready = NULL;
+    lua_State *T = s->T;
+    lua_pushcfunction(T, spawn_handler);
+    lua_pushvalue(T, 1);
+    push_request(T, r);
+    if (lua_pcall(T, 2, 0, 0) != LUA_OK) {
+        lua_pop(T, 1);
+        r->ud = NULL;
+        if ((r->resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT))) {
+            r->status = 500;
+            MHD_resume_connection(r->conn);
+            http_kick(s);
+        }
+    }
 }
 
 static void free_request(http_req *r)
 {
     tarry_http *s = r->srv;
-    unlink_ready(s, r);
     if (r->prev_live) r->prev_live->next_live = r->next_live; else s->live = r->next_live;
     if (r->next_live) r->next_live->prev_live = r->prev_live;
     if (r->ud) r->ud->r = NULL;
@@ -335,32 +335,6 @@ static tarry_http *check_http(lua_State *L)
     return luaL_checkudata(L, 1, TARRY_HTTP_MT);
 }
 
-static void waiter_cancel(void *data)
-{
-    ((tarry_http *)data)->waiter = NULL;
-}
-
-/* srv:accept() -> the next request, or nil once the server is closed. Only in a tarry
-   coroutine; one at a time.  [-1, +1, e] */
-static int http_accept(lua_State *L)
-{
-    tarry_http *s = check_http(L);
-    tarry_co *h;
-    if (!s->d) { lua_pushnil(L); return 1; }
-    if (s->ready) {
-        http_req *r = s->ready;
-        unlink_ready(s, r);
-        push_request(L, r);
-        return 1;
-    }
-    if (s->waiter) return luaL_error(L, "another coroutine already waits in accept()");
-    if (!(h = tarry_rt_current(L)))
-        return luaL_error(L, "HttpServer:accept() can only be called in a coroutine tarry runs");
-    s->waiter = h;
-    lua_settop(L, 0);
-    return tarry_rt_park(L, h, waiter_cancel, s);
-}
-
 /* srv:close(): stop listening; requests still waiting for their answer get a 503. Idempotent;
    also __close and __gc.  [-1, +0, -] */
 static int http_close(lua_State *L)
@@ -371,19 +345,11 @@ static int http_close(lua_State *L)
         if (r->ud) { r->ud->r = NULL; r->ud = NULL; }
         if (r->suspended && !r->resp) MHD_resume_connection(r->conn);
     }
-    s->ready = s->ready_tail = NULL;
     MHD_run(s->d);
     http_watch(s, -1, 0);
     MHD_stop_daemon(s->d);
     s->d = NULL;
     while (s->live) free_request(s->live);    /* any MHD did not report completed */
-    if (s->waiter) {
-        tarry_co *h = s->waiter;
-        s->waiter = NULL;
-        lua_pushboolean(tarry_co_state(h), 1);
-        lua_pushnil(tarry_co_state(h));
-        tarry_rt_wake(h, 2);
-    }
     return 0;
 }
 
@@ -439,11 +405,12 @@ static void start_daemon(lua_State *L, tarry_http *s, struct sockaddr_storage *s
     http_run(s);
 }
 
-/* core.HttpServer{ host = "127.0.0.1", port = 8470, max_body = 1 MiB } -> a listening server;
+/* core.HttpServer{ host = "127.0.0.1", port = 8470, max_body = 1 MiB, handler = fn } -> a
+   listening server; handler(request) runs in a new tarry coroutine per request;
    raises an error object (code "listen") when it cannot bind.  [-1, +1, e] */
 static int http_new(lua_State *L)
 {
-    static const char *const allowed[] = { "host", "port", "max_body", NULL };
+    static const char *const allowed[] = { "host", "port", "max_body", "handler", NULL };
     struct sockaddr_storage sa;
     socklen_t salen;
     tarry_http *s;
@@ -461,7 +428,9 @@ static int http_new(lua_State *L)
     lua_getfield(L, 1, "max_body");
     max_body = luaL_optinteger(L, -1, DEFAULT_MAX_BODY);
     luaL_argcheck(L, max_body >= 0, 1, "max_body must be a number of bytes >= 0");
-    s = lua_newuserdatauv(L, sizeof *s, 1);
+    lua_getfield(L, 1, "handler");
+    luaL_argcheck(L, lua_isfunction(L, -1), 1, "handler must be a function(request)");
+    s = lua_newuserdatauv(L, sizeof *s, 2);
     memset(s, 0, sizeof *s);
     s->loop = tarry_rt_loop(tarry_rt_get(L));
     s->port = (unsigned)port;
@@ -470,6 +439,10 @@ static int http_new(lua_State *L)
     luaL_setmetatable(L, TARRY_HTTP_MT);
     tarry_rt_push_anchor(L);
     lua_setiuservalue(L, -2, 1);
+    s->T = lua_newthread(L);
+    lua_pushvalue(L, -3);            /* the handler, at 1 on the thread's stack */
+    lua_xmove(L, s->T, 1);
+    lua_setiuservalue(L, -2, 2);
     if ((rc = resolve(host, s->port, &sa, &salen)) != 0) {
         tarry_push_error(L, "listen", "cannot listen on %s:%d: %s", host, (int)port, gai_strerror(rc));
         return lua_error(L);
@@ -480,7 +453,7 @@ static int http_new(lua_State *L)
 
 void tarry_http_open(lua_State *L)
 {
-    static const luaL_Reg methods[] = { { "accept", http_accept }, { "close", http_close },
+    static const luaL_Reg methods[] = { { "close", http_close },
         { "port", http_port }, { NULL, NULL } };
     luaL_newmetatable(L, TARRY_HTTP_MT);
     luaL_newlib(L, methods);

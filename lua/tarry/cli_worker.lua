@@ -17,6 +17,7 @@ function M.run(cli, cmd)
     cli.usage_error("a worker needs an app on a tarry.PgConnector (or a tarry.MemoryConnector); the connector "
       .. "of --app %s is %s", cmd.app, tostring(app.connector))
   end
+  local stop_dashboard = cmd.dashboard and require("tarry.cli_dashboard").in_worker(cli, app, cmd.dashboard)
   app:run_worker{
     queues = cmd.queues, concurrency = cmd.concurrency, wait = not cmd.one_shot, name = cmd.name,
     listen_notify = not cmd.no_listen_notify, delete_jobs = cmd.delete_jobs,
@@ -27,6 +28,7 @@ function M.run(cli, cmd)
     periodic = not cmd.no_periodic, periodic_max_delay = cmd.periodic_max_delay,
     log_format = cmd.log_format, log_level = cmd.log_level,
   }
+  if stop_dashboard then stop_dashboard() end
   return 0
 end
 

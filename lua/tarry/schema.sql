@@ -900,3 +900,18 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- The dashboard (tarry/dashboard/) ---------------------------------------------------------------
+
+-- What a failed attempt raised: its message and traceback, written by tarry's worker after it
+-- recorded the outcome (tarry/dashboard/errors.lua), shown in a job's detail.  Procrastinate's
+-- tables have no room for it.  Rows go with their job.
+CREATE TABLE tarry_job_errors_v1 (
+    id bigserial PRIMARY KEY,
+    job_id bigint NOT NULL REFERENCES procrastinate_jobs (id) ON DELETE CASCADE,
+    attempt integer NOT NULL,
+    at timestamp with time zone NOT NULL DEFAULT now(),
+    message text NOT NULL,
+    traceback text
+);
+CREATE INDEX tarry_job_errors_job_id_idx_v1 ON tarry_job_errors_v1 (job_id);

@@ -5,6 +5,7 @@
 -- @module tarry.worker.recorder
 local core = require "tarry.core"
 local Health = require "tarry.worker.health"
+local Errors = require "tarry.dashboard.errors"
 
 local Recorder = {}
 Recorder.__index = Recorder
@@ -49,6 +50,7 @@ function Recorder:write(batch)
   self.in_flight = #batch
   w.log:debugf("finish_batch", "recording %d job outcome(s) in one statement", #batch)
   local ok, err = pcall(w.store.finish, w.store, batch)
+  if ok then Errors.recorded(w, batch) end          -- the failures' messages, for the dashboard
   if not ok and not Health.is_connection_error(err) and #batch > 1 then
     self:write_one_by_one(batch)          -- one bad id must not hold the others back
     ok = true

@@ -6,6 +6,7 @@
 -- not yield. The job may catch the error and clean up; it ends aborted (never retried), or failed
 -- for a timeout (retried if its task says so), whether it then raised or returned.
 -- @module tarry.worker.runner
+local Errors = require "tarry.dashboard.errors"
 local core = require "tarry.core"
 local Log = require "tarry.log"
 local retry = require "tarry.retry"
@@ -187,6 +188,7 @@ function Runner:run(entry)
       { job_id = job.id, task = job.task_name, queue = job.queue, attempts = job.attempts,
         duration_ms = ms, traceback = o.traceback })
   end
+  o.error = Errors.note(job, o, what, o.traceback)    -- kept for the dashboard (tarry_job_errors_v1)
   o.traceback = nil
   self:done(entry, o)
 end
