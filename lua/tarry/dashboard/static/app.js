@@ -98,7 +98,8 @@ function actionButtons(job) {
   if (config.read_only) return el('span', { class: 'muted', text: 'read-only' });
   const can = {
     retry: job.status === 'failed', cancel: job.status === 'todo',
-    abort: job.status === 'todo' || job.status === 'doing', 'run-now': job.status === 'todo',
+    abort: job.status === 'todo' || job.status === 'doing',
+    'run-now': job.status === 'todo' && job.scheduled_at !== null && job.scheduled_at * 1000 > Date.now(),
     delete: job.status !== 'doing',
   };
   return el('span', { class: 'actions' }, ...Object.keys(can).map(a =>
