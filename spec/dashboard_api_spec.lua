@@ -301,3 +301,30 @@ app:task("tick", { cron = "*/5 * * * *" }, function() end)
     assert.is_number(s.estimates.total)
   end)
 end)
+
+describe("tarry worker --dashboard", function()
+  it("serves the dashboard from inside the worker while it runs, and stops with it", function()
+    local app = proc.app_file(name, [[app:task("ok", function() end)]])
+    local w = proc.start("worker --app " .. app .. " --dashboard 127.0.0.1:0")
+    w:wait_for("listening on http://", 1, 30)
+    local base = w:output():match("listening on (http://%S+)")
+    local status, body
+    proc.until_true(function()
+      status, body = http.get(base .. "api/workers")
+      return status == 200 and #body.workers == 1
+    end, 30, "the worker to show in its own dashboard")
+    status, body = http.post(base .. "api/jobs", { task = "ok" })
+    assert.equal(201, status)
+    local id = body.id
+    proc.until_true(function() return status_of(id) == "succeeded" end, 30, "the worker to run the job deferred from the dashboard")
+    w:signal("TERM")
+    assert.equal(0, w:wait(30))
+    assert.equal(0, (http.get(base .. "api/workers")))   -- curl's 000: nobody listens any more
+  end)
+
+  it("refuses a malformed address", function()
+    local r = cli.run { "worker", "--app", "x.lua", "--dashboard", "host:port" }
+    assert.equal(2, r.code)
+    assert.matches("%-%-dashboard must be %[HOST:%]PORT", r.err)
+  end)
+end)

@@ -51,12 +51,12 @@ describe("tarry dashboard in a browser", function()
     browser:wait_for('tr[data-job-id="' .. hostile .. '"]')
     local rows = browser:js("return document.querySelectorAll('tr[data-job-id]').length")
     assert.equal(tonumber(db.value(name, "SELECT count(*) FROM procrastinate_jobs")), rows)
-    assert.equal("send_invoice", browser:text(browser:find('tr[data-job-id="' .. failed .. '"] td.task')))
-    assert.equal("failed", browser:text(browser:find('tr[data-job-id="' .. failed .. '"] .status')))
+    assert.equal("send_invoice", browser:text('tr[data-job-id="' .. failed .. '"] td.task'))
+    assert.equal("failed", browser:text('tr[data-job-id="' .. failed .. '"] .status'))
 
     -- hostile arguments and task names: shown literally, nothing injected, nothing run
-    assert.equal("<b>bold</b>", browser:text(browser:find('tr[data-job-id="' .. hostile .. '"] td.task')))
-    local args_text = browser:text(browser:find('tr[data-job-id="' .. hostile .. '"] td.args'))
+    assert.equal("<b>bold</b>", browser:text('tr[data-job-id="' .. hostile .. '"] td.task'))
+    local args_text = browser:text('tr[data-job-id="' .. hostile .. '"] td.args')
     assert.truthy(args_text:find("<script>window.__pwned = 1</script>", 1, true))
     assert.equal(0, browser:js("return document.querySelectorAll('main img, main script, main b').length"))
     assert.is_true(browser:js("return window.__pwned === undefined"))
@@ -65,16 +65,15 @@ describe("tarry dashboard in a browser", function()
     browser:screenshot(ARTIFACTS .. "/dashboard.png")
 
     -- open the failed job, see its error, retry it
-    browser:click(browser:find('tr[data-job-id="' .. failed .. '"] a'))
+    browser:click('tr[data-job-id="' .. failed .. '"] a')
     browser:wait_for('#job-detail[data-job-id="' .. failed .. '"]')
-    assert.equal("failed", browser:text(browser:find("#job-status")))
-    assert.truthy(browser:text(browser:find("#job-errors")):find("smtp: connection refused", 1, true))
-    assert.truthy(browser:text(browser:find("#job-args")):find('"invoice": 7781', 1, true))
+    assert.equal("failed", browser:text("#job-status"))
+    assert.truthy(browser:text("#job-errors"):find("smtp: connection refused", 1, true))
+    assert.truthy(browser:text("#job-args"):find('"invoice": 7781', 1, true))
     browser:screenshot(ARTIFACTS .. "/dashboard-job.png")
-    browser:click(browser:find('#job-detail button[data-action="retry"]'))
+    browser:click('#job-detail button[data-action="retry"]')
     proc.until_true(function()
-      local s = browser:find("#job-status")
-      return s and browser:text(s) == "todo"
+      return browser:text("#job-status") == "todo"
     end, 20, "the page to show the job todo")
     assert.equal("todo", db.value(name, "SELECT status FROM procrastinate_jobs WHERE id = " .. failed))
     assert.equal("2", db.value(name, "SELECT attempts FROM procrastinate_jobs WHERE id = " .. failed))
@@ -82,8 +81,48 @@ describe("tarry dashboard in a browser", function()
     -- the hostile job's detail page: the same text, still nothing run
     browser:go(url .. "?job=" .. hostile)
     browser:wait_for('#job-detail[data-job-id="' .. hostile .. '"]')
-    assert.truthy(browser:text(browser:find("#job-args")):find('onerror=\\"window.__pwned = 2\\"', 1, true))
+    assert.truthy(browser:text("#job-args"):find('onerror=\\"window.__pwned = 2\\"', 1, true))
     assert.equal(0, browser:js("return document.querySelectorAll('main img, main script, main b').length"))
     assert.is_true(browser:js("return window.__pwned === undefined"))
+  end)
+
+  it("shows the throughput chart and the queues, and pauses its refresh while the tab is hidden", function()
+    local app = proc.app_file(name, [[
+app:task("resize_image", { queue = "images" }, function() end)
+app:task("flaky", { queue = "images" }, function() error("flaky failure") end)
+]])
+    local values = {}
+    for i = 1, 40 do values[#values + 1] = string.format("ROW('images', '%s', 0, NULL, NULL, '{\"n\": %d}'::jsonb, NULL)"
+      .. "::procrastinate_job_to_defer_v1", i % 5 == 0 and "flaky" or "resize_image", i) end
+    db.value(name, "SELECT procrastinate_defer_jobs_v1(ARRAY[" .. table.concat(values, ",") .. "]) IS NOT NULL")
+    assert.equal(0, proc.start("worker --one-shot --concurrency 4 --app " .. app):wait(60))
+    defer("images", "resize_image", '{"n": 41}')
+    dash, url = http.start_dashboard(name, "--app " .. app)
+    browser = webdriver.start()
+    os.execute("mkdir -p " .. ARTIFACTS)
+    browser:go(url)
+    browser:wait_for('tr[data-queue="images"]')
+    assert.equal("1", browser:text('tr[data-queue="images"] td:nth-child(2)'))    -- todo
+    assert.equal("32", browser:text('tr[data-queue="images"] td:nth-child(4)'))   -- succeeded
+    assert.equal("8", browser:text('tr[data-queue="images"] td:nth-child(5)'))    -- failed
+    -- the chart drew both lines: green (succeeded) and red (failed) pixels
+    local counts = browser:js([[
+      const c = document.getElementById('throughput'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let ok = 0, bad = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        const r = d[i], g = d[i + 1], b = d[i + 2];
+        if (g > r + 60 && g > b + 20) ok++;
+        if (r > g + 80 && r > b + 80) bad++;
+      }
+      return [ok, bad];]])
+    browser:screenshot(ARTIFACTS .. "/dashboard-overview.png")
+    assert.is_true(counts[1] > 0 and counts[2] > 0, "green and red pixels: " .. counts[1] .. ", " .. counts[2])
+    -- hidden tab: refresh paused; visible again: live
+    browser:js([[Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+      document.dispatchEvent(new Event('visibilitychange'));]])
+    assert.equal("paused", browser:text("#refresh-state"))
+    browser:js([[Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+      document.dispatchEvent(new Event('visibilitychange'));]])
+    assert.equal("live", browser:text("#refresh-state"))
   end)
 end)

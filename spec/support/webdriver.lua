@@ -70,8 +70,25 @@ function Browser:wait_for(css, limit)
   return id
 end
 
-function Browser:text(id) return self:must("GET", "/element/" .. id .. "/text") end
-function Browser:click(id) self:must("POST", "/element/" .. id .. "/click", {}) end
+--- The text of the first element matching css (textContent, read in one step: the page's
+-- auto-refresh may replace elements between two WebDriver calls), or nil.
+function Browser:text(css)
+  return self:js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null", css)
+end
+
+--- Click the first element matching css (a real WebDriver click; found again if the page's
+-- refresh replaced it meanwhile).
+function Browser:click(css)
+  for _ = 1, 5 do
+    local id = self:wait_for(css)
+    local v, err = self:call("POST", "/element/" .. id .. "/click", {})
+    if v ~= nil or err == nil then return end
+    if not (type(err) == "table" and err.error == "stale element reference") then
+      error("WebDriver click " .. css .. ": " .. tarry.json.encode(err), 2)
+    end
+  end
+  error("WebDriver click " .. css .. ": the element kept being replaced", 2)
+end
 
 --- The text of an open alert/confirm dialog, or nil when there is none.
 function Browser:alert_text()

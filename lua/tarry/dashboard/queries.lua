@@ -200,7 +200,7 @@ end
 -- defer-to-start latency of the jobs started (a start's wait since its job was due: the deferred
 -- event, or its schedule when later).
 local THROUGHPUT = [[
-SELECT floor(extract(epoch FROM at) / $2)::bigint * $2 AS t,
+SELECT (floor(extract(epoch FROM at) / $2::integer) * $2::integer)::bigint AS t,
        count(*) FILTER (WHERE type = 'succeeded') AS succeeded,
        count(*) FILTER (WHERE type = 'failed') AS failed
 FROM procrastinate_events
@@ -208,7 +208,7 @@ WHERE at > now() - $1::float8 * interval '1 second' AND type = ANY ('{succeeded,
 GROUP BY 1 ORDER BY 1]]
 
 local LATENCY = [[
-SELECT floor(extract(epoch FROM s.at) / $2)::bigint * $2 AS t, count(*) AS started,
+SELECT (floor(extract(epoch FROM s.at) / $2::integer) * $2::integer)::bigint AS t, count(*) AS started,
        avg(w)::float8 AS avg, percentile_cont(0.5) WITHIN GROUP (ORDER BY w)::float8 AS p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY w)::float8 AS p95, max(w)::float8 AS max
 FROM procrastinate_events AS s

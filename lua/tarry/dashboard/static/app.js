@@ -192,12 +192,23 @@ async function viewJob(main, id) {
         e.traceback ? el('pre', { class: 'traceback', text: e.traceback }) : null)))));
 }
 
-function chart(points, bucket) {
+// Every bucket of the window, the empty ones as zeros (the API returns only those with events).
+function series(points, bucket, window, now) {
+  const by = new Map(points.map(p => [p.t, p]));
+  const out = [];
+  for (let t = Math.floor((now - window) / bucket) * bucket; t <= now; t += bucket) {
+    out.push(by.get(t) || { t, succeeded: 0, failed: 0 });
+  }
+  return out;
+}
+
+function chart(raw, bucket, now) {
+  const points = series(raw, bucket, chart.window, now);
   const W = 720, H = 160, P = 30;
   const c = el('canvas', { width: W, height: H, id: 'throughput', 'aria-label': 'succeeded and failed jobs per second' });
   const g = c.getContext('2d');
   const max = Math.max(1, ...points.map(p => Math.max(p.succeeded, p.failed) / bucket));
-  const now = Date.now() / 1000, span = chart.window;
+  const span = chart.window;
   const x = t => P + (W - 2 * P) * (1 - (now - t) / span);
   const y = v => H - P - (H - 2 * P) * v / max;
   g.strokeStyle = '#999'; g.strokeRect(P, P, W - 2 * P, H - 2 * P);
@@ -224,7 +235,7 @@ async function viewOverview(main) {
     el('div', { class: 'card', id: 'latency' }, el('b', { text: last ? last.p50.toFixed(3) + ' s' : '—' }),
       ' defer-to-start p50', last ? ' (p95 ' + last.p95.toFixed(3) + ' s)' : '')));
   main.append(el('h3', {}, 'Throughput per second, last 15 minutes ', el('span', { class: 'legend ok', text: 'succeeded' }),
-    ' ', el('span', { class: 'legend bad', text: 'failed' })), chart(stats.throughput, stats.bucket));
+    ' ', el('span', { class: 'legend bad', text: 'failed' })), chart(stats.throughput, stats.bucket, stats.now));
   const link = (q, s, n) => el('a', { href: '?view=jobs&queue=' + encodeURIComponent(q) + '&status=' + s, text: String(n) });
   main.append(el('h3', { text: 'Queues (todo and doing: exact; finished: the last hour)' }),
     table(['queue', ...STATUSES], queues.queues.map(q => el('tr', { 'data-queue': q.name }, el('td', { text: q.name }),
