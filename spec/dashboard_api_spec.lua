@@ -37,7 +37,10 @@ end
 
 before_each(function() name = db.fresh() end)
 after_each(function()
-  if dash then dash:signal("TERM"); dash:wait(30) end
+  if dash then
+    dash:signal("TERM")
+    assert.equal(0, dash:wait(30), dash:output())      -- a clean stop (and, under ASan, no leak)
+  end
   dash = nil
   proc.kill_all()
   db.drop(name)
