@@ -155,10 +155,15 @@ static void push_request(lua_State *L, http_req *r)
     lua_setiuservalue(L, -2, 1);
 }
 
+/* In a protected call on the server's thread: [handler, r as light userdata] -> a coroutine
+   running handler(request).  [-2, +1, m] */
 static int spawn_handler(lua_State *T)
 {
-    tarry_rt_spawn(T, 1);            /* the handler and the request */
-    return 0;
+    http_req *r = lua_touserdata(T, 2);
+    lua_pop(T, 1);
+    push_request(T, r);
+    tarry_rt_spawn(T, 1);
+    return 1;
 }
 
 /* A complete request: to the Lua handler, in a new coroutine (a 500 if it cannot be made). */
@@ -167,15 +172,15 @@ static void hand_over(tarry_http *s, http_req *r)
     lua_State *T = s->T;
     lua_pushcfunction(T, spawn_handler);
     lua_pushvalue(T, 1);
-    push_request(T, r);
-    if (lua_pcall(T, 2, 0, 0) != LUA_OK) {
-        lua_pop(T, 1);
-        r->ud = NULL;
-        if ((r->resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT))) {
-            r->status = 500;
-            MHD_resume_connection(r->conn);
-            http_kick(s);
-        }
+    lua_pushlightuserdata(T, r);
+    if (lua_pcall(T, 2, 0, 0) == LUA_OK) return;
+    lua_pop(T, 1);
+    if (r->ud) r->ud->r = NULL;
+    r->ud = NULL;
+    if ((r->resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT))) {
+        r->status = 500;
+        MHD_resume_connection(r->conn);
+        http_kick(s);
     }
 }
 

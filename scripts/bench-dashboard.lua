@@ -21,7 +21,7 @@ end
 local admin = tarry.SyncPgConnector{ conninfo = "dbname=postgres" }
 admin:execute("DROP DATABASE IF EXISTS " .. DB .. " WITH (FORCE)")
 admin:execute("CREATE DATABASE " .. DB)
-local c = tarry.SyncPgConnector{ conninfo = "dbname=" .. DB }
+local c = tarry.SyncPgConnector{ conninfo = "dbname=" .. DB, query_timeout = 900 }   -- the fill is long
 schema.apply(c)
 
 local t0 = tarry.now()
@@ -32,6 +32,15 @@ SELECT 'queue' || (i %% 5), 'task_' || (i %% 10), jsonb_build_object('user', i %
        CASE WHEN i %% 200 = 1 THEN 0 ELSE 1 END
 FROM generate_series(1, %d) AS i]], JOBS))
 c:execute("UPDATE procrastinate_events SET at = now() - interval '2 days' * random()")
+-- the finished jobs' history, as their workers' triggers would have written it, over two days
+c:execute([[
+INSERT INTO procrastinate_events (job_id, type, at)
+SELECT j.id, e.type, t.at + e.k * interval '1 second'
+FROM procrastinate_jobs AS j
+CROSS JOIN LATERAL (SELECT now() - interval '2 days' * random() - interval '1 hour' AS at) AS t
+CROSS JOIN LATERAL (VALUES (0, 'deferred'::procrastinate_job_event_type), (1, 'started'),
+                           (2, CASE WHEN j.status = 'failed' THEN 'failed' ELSE 'succeeded' END::procrastinate_job_event_type)) AS e(k, type)
+WHERE j.status <> 'todo']])
 -- recent activity for /api/stats: jobs deferred, started and finished in the last minutes
 c:execute([[
 INSERT INTO procrastinate_jobs (queue_name, task_name, args)
@@ -82,6 +91,23 @@ local CASES = {
   { "GET /api/stats (15 min, 10 s buckets)", "api/stats?window=900&bucket=10" },
 }
 
+if os.getenv("BENCH_EXPLAIN") then
+  local Q = require "tarry.dashboard.queries"
+  local function explain(label, fn)
+    local real = c.execute
+    local conn = setmetatable({}, { __index = { execute = function(_, sql, ...)
+      local plan = real(c, "EXPLAIN (ANALYZE, BUFFERS OFF, TIMING OFF) " .. sql, ...)
+      local lines = {}
+      for _, r in ipairs(plan) do lines[#lines + 1] = r["QUERY PLAN"] end
+      print("-- " .. label .. "\n" .. table.concat(lines, "\n"))
+      return real(c, sql, ...)
+    end } })
+    fn(conn)
+  end
+  explain("queues", function(x) Q.queues(x, 3600) end)
+  explain("stats", function(x) Q.stats(x, 900, 10) end)
+end
+
 local rows = {}
 for _, case in ipairs(CASES) do
   time_of(case[2])
@@ -89,6 +115,19 @@ for _, case in ipairs(CASES) do
   for i = 1, RUNS do ts[i] = time_of(case[2]) * 1000 end
   table.sort(ts)
   rows[#rows + 1] = string.format("| %-45s | %8.1f | %8.1f |", case[1], ts[math.ceil(#ts / 2)], ts[math.ceil(#ts * 0.95)])
+end
+-- the argument search again, with the optional GIN index of the README
+c:execute("CREATE INDEX bench_args_gin ON procrastinate_jobs USING gin (args jsonb_path_ops)")
+c:execute("ANALYZE procrastinate_jobs")
+for _, case in ipairs(CASES) do
+  if case[2]:find("q=", 1, true) then
+    time_of(case[2])
+    local ts = {}
+    for i = 1, RUNS do ts[i] = time_of(case[2]) * 1000 end
+    table.sort(ts)
+    rows[#rows + 1] = string.format("| %-45s | %8.1f | %8.1f |", case[1]:gsub("^GET ", "GIN: "), ts[math.ceil(#ts / 2)],
+      ts[math.ceil(#ts * 0.95)])
+  end
 end
 os.execute(string.format("kill $(cat %s.pid)", out))
 print(string.format("\nDashboard on %d jobs, %d events (ms, median and p95 of %d runs)", total, events, RUNS))

@@ -181,7 +181,8 @@ end
 -- GET /api/queues
 function M.queues(ctx, req)
   local window = positive_int(req.query.window) or 3600
-  return 200, { queues = core.array(Q.queues(ctx.connector, window)), finished_window = window }
+  local queues, capped = Q.queues(ctx.connector, window)
+  return 200, { queues = core.array(queues), finished_window = window, finished_capped = capped }
 end
 
 -- GET /api/workers

@@ -153,15 +153,21 @@ local LIVE_COUNTS = [[
 SELECT queue_name AS name, status::text AS status, count(*) AS n FROM procrastinate_jobs
 WHERE status = ANY ('{todo,doing}'::procrastinate_job_status[]) GROUP BY 1, 2]]
 
+-- Each event's job through its primary key (a join lets the planner scan the whole jobs table),
+-- and at most RECENT_CAP events, the newest: the counts stay bounded however busy the queues are.
+local RECENT_CAP = 50000
 local RECENT_COUNTS = [[
-SELECT j.queue_name AS name, e.type::text AS status, count(*) AS n
-FROM procrastinate_events AS e JOIN procrastinate_jobs AS j ON j.id = e.job_id
-WHERE e.at > now() - $1::float8 * interval '1 second'
-  AND e.type = ANY ('{succeeded,failed,cancelled,aborted}'::procrastinate_job_event_type[])
+SELECT (SELECT j.queue_name FROM procrastinate_jobs AS j WHERE j.id = e.job_id) AS name, e.type::text AS status,
+       count(*) AS n
+FROM (SELECT job_id, type FROM procrastinate_events
+      WHERE at > now() - $1::float8 * interval '1 second'
+        AND type = ANY ('{succeeded,failed,cancelled,aborted}'::procrastinate_job_event_type[])
+      ORDER BY at DESC LIMIT $2) AS e
 GROUP BY 1, 2]]
 
---- { { name=, todo=, doing=, succeeded=, failed=, cancelled=, aborted= }, ... } by name; the
--- finished counts are those of the last `window` seconds.
+--- { { name=, todo=, doing=, succeeded=, failed=, cancelled=, aborted= }, ... } by name, and
+-- true when the finished counts were capped; they are those of the last `window` seconds (at
+-- most the newest RECENT_CAP events).
 function M.queues(c, window)
   local out, by = {}, {}
   for i, r in ipairs(c:execute(QUEUE_NAMES)) do
@@ -169,12 +175,14 @@ function M.queues(c, window)
     for _, s in ipairs(M.STATUSES) do q[s] = 0 end
     out[i], by[r.name] = q, q
   end
-  for _, rows in ipairs { c:execute(LIVE_COUNTS), c:execute(RECENT_COUNTS, window) } do
+  local recent, seen = c:execute(RECENT_COUNTS, window, RECENT_CAP), 0
+  for _, rows in ipairs { c:execute(LIVE_COUNTS), recent } do
     for _, r in ipairs(rows) do
       if by[r.name] then by[r.name][r.status] = r.n end
     end
   end
-  return out
+  for _, r in ipairs(recent) do seen = seen + r.n end
+  return out, seen >= RECENT_CAP
 end
 
 -- The planner's row estimate of the whole table and of each status (pg_class, pg_stats): no scan.
@@ -198,7 +206,8 @@ end
 
 -- Per `bucket` seconds over the last `window` seconds: jobs succeeded and failed (events), and the
 -- defer-to-start latency of the jobs started (a start's wait since its job was due: the deferred
--- event, or its schedule when later).
+-- event, or its schedule when later), from the newest LATENCY_SAMPLE starts of each bucket at most
+-- (three index probes per start: a sample keeps it cheap on busy queues).
 local THROUGHPUT = [[
 SELECT (floor(extract(epoch FROM at) / $2::integer) * $2::integer)::bigint AS t,
        count(*) FILTER (WHERE type = 'succeeded') AS succeeded,
@@ -211,18 +220,24 @@ local LATENCY = [[
 SELECT (floor(extract(epoch FROM s.at) / $2::integer) * $2::integer)::bigint AS t, count(*) AS started,
        avg(w)::float8 AS avg, percentile_cont(0.5) WITHIN GROUP (ORDER BY w)::float8 AS p50,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY w)::float8 AS p95, max(w)::float8 AS max
-FROM procrastinate_events AS s
+FROM (SELECT job_id, at FROM (
+        SELECT job_id, at, row_number() OVER (PARTITION BY floor(extract(epoch FROM at) / $2::integer)
+                                              ORDER BY at DESC) AS k
+        FROM procrastinate_events
+        WHERE at > now() - $1::float8 * interval '1 second' AND type = 'started') AS r
+      WHERE k <= $3) AS s
 CROSS JOIN LATERAL (
   SELECT greatest(0, extract(epoch FROM s.at - greatest(d.at, coalesce(j.scheduled_at, d.at)))) AS w
   FROM procrastinate_events AS d JOIN procrastinate_jobs AS j ON j.id = d.job_id
   WHERE d.job_id = s.job_id AND d.type = 'deferred' ORDER BY d.id LIMIT 1) AS l
-WHERE s.at > now() - $1::float8 * interval '1 second' AND s.type = 'started'
 GROUP BY 1 ORDER BY 1]]
+local LATENCY_SAMPLE = 30
 
 --- The series of the last `window` seconds in `bucket`-second steps: { throughput = { { t=,
 -- succeeded=, failed= }, ... }, latency = { { t=, started=, avg=, p50=, p95=, max= }, ... } }.
 function M.stats(c, window, bucket)
-  return { throughput = c:execute(THROUGHPUT, window, bucket), latency = c:execute(LATENCY, window, bucket) }
+  return { throughput = c:execute(THROUGHPUT, window, bucket),
+    latency = c:execute(LATENCY, window, bucket, LATENCY_SAMPLE) }
 end
 
 -- The doing jobs of each worker (the partial index on worker_id), at most 20 per worker.
