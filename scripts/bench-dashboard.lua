@@ -54,7 +54,7 @@ c:execute("VACUUM ANALYZE procrastinate_jobs")
 c:execute("VACUUM ANALYZE procrastinate_events")
 local total = c:execute("SELECT count(*) AS n FROM procrastinate_jobs")[1].n
 local events = c:execute("SELECT count(*) AS n FROM procrastinate_events")[1].n
-local some = c:execute("SELECT id FROM procrastinate_jobs WHERE status = 'failed' ORDER BY id LIMIT 1 OFFSET 4000")[1].id
+local some = c:execute("SELECT id FROM procrastinate_jobs WHERE status = 'failed' ORDER BY id LIMIT 1 OFFSET 500")[1].id
 print(string.format("filled %d jobs, %d events in %.0f s", total, events, tarry.now() - t0))
 
 local out = os.tmpname()

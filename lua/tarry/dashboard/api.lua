@@ -10,7 +10,8 @@
 --
 -- Each handler gets the request's context and returns a status and a JSON value. Listing jobs
 -- never counts them (keyset pagination); /api/queues counts only the live jobs exactly and the
--- finished ones over a recent window; /api/stats adds the planner's estimates of the totals.
+-- finished ones over a recent window (15 minutes, the newest 10,000 at most); /api/stats adds the
+-- planner's estimates of the totals and the latency of the newest 1,000 starts.
 -- @module tarry.dashboard.api
 local core = require "tarry.core"
 local Q = require "tarry.dashboard.queries"
@@ -180,7 +181,7 @@ end
 
 -- GET /api/queues
 function M.queues(ctx, req)
-  local window = positive_int(req.query.window) or 3600
+  local window = positive_int(req.query.window) or 900
   local queues, capped = Q.queues(ctx.connector, window)
   return 200, { queues = core.array(queues), finished_window = window, finished_capped = capped }
 end

@@ -237,7 +237,7 @@ async function viewOverview(main) {
   main.append(el('h3', {}, 'Throughput per second, last 15 minutes ', el('span', { class: 'legend ok', text: 'succeeded' }),
     ' ', el('span', { class: 'legend bad', text: 'failed' })), chart(stats.throughput, stats.bucket, stats.now));
   const link = (q, s, n) => el('a', { href: '?view=jobs&queue=' + encodeURIComponent(q) + '&status=' + s, text: String(n) });
-  main.append(el('h3', { text: 'Queues (todo and doing: exact; finished: the last hour)' }),
+  main.append(el('h3', { text: 'Queues (todo and doing: now; finished: the last 15 minutes' + (queues.finished_capped ? ', newest 10,000 events' : '') + ')' }),
     table(['queue', ...STATUSES], queues.queues.map(q => el('tr', { 'data-queue': q.name }, el('td', { text: q.name }),
       ...STATUSES.map(s => el('td', {}, link(q.name, s, q[s])))))));
 }
