@@ -116,6 +116,26 @@ for _, case in ipairs(CASES) do
   table.sort(ts)
   rows[#rows + 1] = string.format("| %-45s | %8.1f | %8.1f |", case[1], ts[math.ceil(#ts / 2)], ts[math.ceil(#ts * 0.95)])
 end
+-- page load in headless Chromium: from the start of navigation to the view rendered with its data
+package.path = "spec/?.lua;" .. package.path
+local okw, webdriver = pcall(require, "support.webdriver")
+if okw and webdriver.available() then
+  local browser = webdriver.start()
+  for _, view in ipairs { { "page load: overview (chart, queues)", "" }, { "page load: jobs list", "?view=jobs" },
+                          { "page load: a job's page", "?job=" .. some } } do
+    local ts = {}
+    for i = 0, RUNS do
+      browser:go(url .. view[2])
+      browser:wait_for("main[data-loaded]", 30)
+      local ms = browser:js("return Number(document.getElementById('main').dataset.loaded) - performance.timeOrigin")
+      if i > 0 then ts[#ts + 1] = ms end
+    end
+    table.sort(ts)
+    rows[#rows + 1] = string.format("| %-45s | %8.1f | %8.1f |", view[1], ts[math.ceil(#ts / 2)], ts[math.ceil(#ts * 0.95)])
+  end
+  browser:quit()
+end
+
 -- the argument search again, with the optional GIN index of the README
 c:execute("CREATE INDEX bench_args_gin ON procrastinate_jobs USING gin (args jsonb_path_ops)")
 c:execute("ANALYZE procrastinate_jobs")

@@ -19,7 +19,7 @@ end
 --- The error note of a finished run: nil unless the outcome `o` is a failure (failed or retried).
 -- job: the fetched job row; message: the log line's text; traceback: the task's traceback or nil.
 function M.note(job, o, message, traceback)
-  if o.status == "succeeded" or o.status == "aborted" then return nil end
+  if o.status == "succeeded" or o.status == "aborted" or o.delete then return nil end   -- (deleted: no one to show)
   return { attempt = (job.attempts or 0) + 1, message = cut(message), traceback = traceback and cut(traceback) }
 end
 
@@ -27,7 +27,8 @@ local INSERT = [[
 INSERT INTO tarry_job_errors_v1 (job_id, attempt, message, traceback)
 SELECT e.job_id, e.attempt, e.message, e.traceback
 FROM json_to_recordset($1::json) AS e(job_id bigint, attempt integer, message text, traceback text)
-WHERE EXISTS (SELECT 1 FROM procrastinate_jobs AS j WHERE j.id = e.job_id)]]
+WHERE EXISTS (SELECT 1 FROM procrastinate_jobs AS j WHERE j.id = e.job_id)
+ON CONFLICT (job_id, attempt) DO UPDATE SET at = now(), message = excluded.message, traceback = excluded.traceback]]
 
 local function has_table(store)
   if store.tarry_job_errors == nil then
@@ -62,7 +63,7 @@ end
 
 local SELECT = [[
 SELECT attempt, extract(epoch FROM at)::float8 AS at, message, traceback
-FROM tarry_job_errors_v1 WHERE job_id = $1 ORDER BY id]]
+FROM tarry_job_errors_v1 WHERE job_id = $1 ORDER BY attempt]]
 
 --- The errors of a job, oldest first: { { attempt=, at=, message=, traceback= }, ... } ({} on a
 -- schema without the table).
@@ -70,6 +71,14 @@ function M.of_job(connector, id)
   local present = connector:execute("SELECT to_regclass('tarry_job_errors_v1') IS NOT NULL AS present")[1].present
   if not present then return {} end
   return connector:execute(SELECT, id)
+end
+
+--- Delete the errors of the jobs `ids` (a bigint[] literal), when the table exists: what deletes
+-- jobs calls it (the dashboard's delete actions).
+function M.forget(connector, ids_literal)
+  if connector:execute("SELECT to_regclass('tarry_job_errors_v1') IS NOT NULL AS present")[1].present then
+    connector:execute("DELETE FROM tarry_job_errors_v1 WHERE job_id = ANY ($1::bigint[])", ids_literal)
+  end
 end
 
 return M

@@ -5,6 +5,7 @@
 -- connector:execute: inside a tarry coroutine on an open PgConnector it yields that coroutine only.
 -- @module tarry.dashboard.queries
 local core = require "tarry.core"
+local Errors = require "tarry.dashboard.errors"
 
 local M = {}
 
@@ -111,13 +112,17 @@ local BULK = {
 --- Apply `action` (retry, cancel, delete) to the jobs of ids; returns how many it changed.
 function M.bulk(c, action, ids)
   if #ids == 0 then return 0 end
-  return c:execute(assert(BULK[action]), id_array(ids))[1].n
+  local n = c:execute(assert(BULK[action]), id_array(ids))[1].n
+  if action == "delete" and n > 0 then Errors.forget(c, id_array(ids)) end
+  return n
 end
 
 --- Delete one job unless it is running: true when it was deleted.
 function M.delete_job(c, id)
-  return c:execute("WITH gone AS (DELETE FROM procrastinate_jobs WHERE id = $1 AND status <> 'doing' RETURNING 1) "
+  local gone = c:execute("WITH gone AS (DELETE FROM procrastinate_jobs WHERE id = $1 AND status <> 'doing' RETURNING 1) "
     .. "SELECT count(*) AS n FROM gone", id)[1].n > 0
+  if gone then Errors.forget(c, id_array({ id })) end
+  return gone
 end
 
 -- Run now: a todo job scheduled later becomes due now, and the workers of its queue are woken
