@@ -14,7 +14,9 @@
 --   periodic   defer the app's periodic (cron) tasks at their ticks
 --
 -- This file holds what ties them: the shared state (app, store, options, log, stopping/forced),
--- the order of start and stop, and app:run_worker. Everything runs in coroutines on app:run().
+-- the order of start and stop, app:run_worker (the worker owns the loop: app:run() until it
+-- stops) and app:start_worker (the host owns the loop and calls app:step(); signals are its own).
+-- Everything runs in coroutines on the app's loop.
 -- @module tarry.worker
 local core = require "tarry.core"
 local Log = require "tarry.log"
@@ -30,28 +32,30 @@ local Signals = require "tarry.worker.signals"
 local Recovery = require "tarry.worker.recovery"
 local Periodic = require "tarry.worker.periodic"
 
-local Worker = {}
+local Worker = core.newmetatable("tarry.Worker")
 Worker.__index = Worker
 
--- Misuse is blamed on run_worker's caller: Worker.new is called by Worker.run, which
--- app:run_worker tail-calls.
+-- Misuse is blamed on the caller of run_worker (start_worker): Worker.new is called by
+-- Worker.run (Worker.start), which app:run_worker (app:start_worker) tail-calls.
 local LEVEL = 3
 
-local function job_store(connector)
+local function job_store(connector, who)
   local t = core.type(connector)
   if t == "SyncPgConnector" then
-    error("run_worker needs the async tarry.PgConnector (or a tarry.MemoryConnector for tests); " ..
+    error(who .. " needs the async tarry.PgConnector (or a tarry.MemoryConnector for tests); " ..
       "this app's connector is " .. tostring(connector), LEVEL + 1)
   end
   return Store.of(connector, LEVEL + 1)
 end
 
-function Worker.new(app, opts)
-  local o = Options.check(opts, LEVEL)
+-- who: "run_worker" or "start_worker", for the messages of misuse.
+function Worker.new(app, opts, who)
+  local o = Options.check(opts, LEVEL, who)
   local self = setmetatable({
     app = app,
-    store = job_store(app.connector),
+    store = job_store(app.connector, who),
     opts = o,
+    counts = { succeeded = 0, failed = 0, retried = 0, aborted = 0 },
     log = Log.new{ format = o.log_format, level = o.log_level, stream = o.log_stream },
     stopping = false,      -- no more fetching; running jobs finish
     forced = false,        -- stop now
@@ -162,18 +166,76 @@ function Worker:main()
   if not drained then error(derr, 0) end
 end
 
---- app:run_worker(opts): run a worker until it stops (see tarry/worker/options.lua).
-function Worker.run(app, opts)
-  if core.in_coroutine() then error("run_worker cannot be called from a tarry coroutine", 2) end
-  local w = Worker.new(app, opts)
+--- A job ended with this outcome (the runner tells): w:stats() counts it.
+function Worker:count(outcome)
+  local c = self.counts
+  if outcome.retry_at then c.retried = c.retried + 1
+  elseif c[outcome.status] then c[outcome.status] = c[outcome.status] + 1 end
+end
+
+--- w:stats() -> { running =, succeeded =, failed =, retried =, aborted = }: the jobs running now,
+-- and the outcomes of those this worker ended so far.
+function Worker:stats()
+  local c = self.counts
+  return { running = self.runner.running, succeeded = c.succeeded, failed = c.failed,
+    retried = c.retried, aborted = c.aborted }
+end
+
+--- w:stopped() -> true once the worker has stopped (its jobs ended, it unregistered), or failed.
+function Worker:stopped() return self.handle ~= nil and self.handle:status() ~= "running" end
+
+function Worker:__tostring()
+  local s = self:stats()
+  local state = self:stopped() and "stopped" or self.stopping and "stopping" or "running"
+  return string.format("<tarry.Worker %q %s: %d running, %d succeeded, %d failed, %d retried>",
+    self.opts.name, state, s.running, s.succeeded, s.failed, s.retried)
+end
+
+-- Open the app's connector when it is closed; true when this did.
+local function open_if_closed(app)
   local connector = app.connector
   local opened = connector.is_open and not connector:is_open()
   if opened then app:open() end
-  local h = app:spawn(w.main, w)
+  return opened
+end
+
+--- app:run_worker(opts): run a worker until it stops (see tarry/worker/options.lua).
+function Worker.run(app, opts)
+  if core.in_coroutine() then error("run_worker cannot be called from a tarry coroutine", 2) end
+  local w = Worker.new(app, opts, "run_worker")
+  local opened = open_if_closed(app)
+  w.handle = app:spawn(w.main, w)
   local ok, err = pcall(app.run, app)
   if opened then app:close() end
   if not ok then error(err, 0) end
-  return h:result()
+  return w.handle:result()
+end
+
+-- start_worker's options: run_worker's, with the signals left to the host.
+local function host_options(opts)
+  if type(opts) ~= "table" and opts ~= nil then return opts end    -- Options.check says why
+  if opts and opts.install_signal_handlers ~= nil then
+    error("start_worker: install_signal_handlers is not an option here: signals stay the host's " ..
+      "(call w:stop() from its handler)", LEVEL)
+  end
+  local o = { install_signal_handlers = false }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return o
+end
+
+--- app:start_worker(opts) -> the worker, at once. It runs as coroutines on the app's loop, which
+-- the host drives (app:step(), or app:run()); the options are run_worker's but for
+-- install_signal_handlers: signals stay the host's, which calls w:stop(). A connector this opened
+-- is closed when the worker stops. A worker that fails raises its error from app:step().
+function Worker.start(app, opts)
+  local w = Worker.new(app, host_options(opts), "start_worker")
+  local opened = open_if_closed(app)
+  w.handle = app:spawn(function()
+    local ok, err = pcall(w.main, w)
+    if opened then app:close() end
+    if not ok then error(err, 0) end
+  end)
+  return w
 end
 
 return Worker

@@ -198,6 +198,7 @@ function Runner:done(entry, outcome)
   self.jobs[id] = nil
   if entry.timer then entry.timer:cancel() end
   self.running = self.running - 1
+  self.w:count(outcome)
   self.w.recorder:add(outcome)
   self.w.fetcher:wake()
   self.w.progress:set()
