@@ -553,14 +553,14 @@ static void step_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop; (void)t; (void)revents;
 }
 
-/* Block in libev until a watcher fires or timeout seconds pass (its own timer, not tarry's). */
+/* Block in libev until a watcher fires or timeout seconds pass. */
 static void step_wait(tarry_rt *rt, double timeout)
 {
     ev_timer t;
     ev_timer_init(&t, step_timer_cb, timeout, 0.);
-    ev_timer_start(rt->loop, &t);
+    tarry_timer_start(rt->loop, &t);
     ev_run(rt->loop, EVRUN_ONCE);
-    ev_timer_stop(rt->loop, &t);
+    tarry_timer_stop(rt->loop, &t);
 }
 
 int tarry_rt_step(lua_State *L, double timeout)

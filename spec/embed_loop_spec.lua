@@ -159,6 +159,21 @@ describe("app:pollfd()", function()
     assert.is_false(readable_now(t.app:pollfd()))
   end)
 
+  it("becomes readable when the result of a query in flight arrives", function()
+    t.app:open()
+    local holder = tarry.SyncPgConnector{ conninfo = db.conninfo(t.name) }
+    holder:execute("SELECT pg_advisory_lock(7)")
+    local h = t.app:spawn(function() return t.app.connector:execute("SELECT pg_advisory_lock(7), 1 AS n")[1].n end)
+    settle(t.app)                                          -- sent; its answer waits for the lock
+    assert.are.equal("running", h:status())
+    assert.is_false(readable_now(t.app:pollfd()))
+    holder:execute("SELECT pg_advisory_unlock(7)")
+    assert.is_true(readable_within(t.app:pollfd(), 20))
+    assert.is_true(step_until(t.app, function() return h:status() ~= "running" end))
+    assert.are.equal(1, h:result())
+    holder:close()
+  end)
+
   it("becomes readable when another process defers a job for a listening worker", function()
     local ran = false
     t.app:task("hello", function() ran = true end)
@@ -176,6 +191,26 @@ describe("app:pollfd()", function()
     assert.is_true(ran)
     w:stop()
     assert.is_true(step_until(t.app, function() return w:stopped() end))
+  end)
+end)
+
+describe("the runtime's watchers", function()
+  -- The pollfd and timeout() see only what goes through tarry's helpers (runtime/pollfd.c).
+  it("are all started and stopped through tarry_io_*, tarry_timer_* and tarry_rt_async_send", function()
+    local raw = {}
+    for path in io.popen("ls runtime/*.c"):lines() do
+      if path ~= "runtime/pollfd.c" then
+        local n = 0
+        for line in io.lines(path) do
+          n = n + 1
+          if line:match("ev_io_start%s*%(") or line:match("ev_io_stop%s*%(") or line:match("ev_timer_start%s*%(")
+            or line:match("ev_timer_stop%s*%(") or line:match("ev_timer_again%s*%(") or line:match("ev_async_send%s*%(") then
+            raw[#raw + 1] = path .. ":" .. n .. ": " .. line
+          end
+        end
+      end
+    end
+    assert.are.same({}, raw)
   end)
 end)
 
