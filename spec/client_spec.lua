@@ -5,6 +5,7 @@
 local tarry = require "tarry"
 local db = require "support.db"
 local build = require "support.build"
+local process = require "support.process"
 
 local q = db.shell_quote
 
@@ -50,6 +51,38 @@ describe("libtarry.so", function()
     assert.is_not_nil(defined:match("tarry_defer_on\n"))
     local _, ldd = run("ldd " .. lib)
     assert.is_nil(ldd:match("liblua"), ldd)
+  end)
+
+  it("is installed with tarry_client.h by cmake --install; -ltarry links it from the prefix", function()
+    local prefix = os.tmpname()
+    os.remove(prefix)
+    local ok, out = run(string.format("cmake --install %s --prefix %s", build.dir, prefix))
+    assert(ok, out)
+    assert.is_truthy(io.open(prefix .. "/include/tarry_client.h"))
+    assert.is_truthy(io.open(prefix .. "/lib/libtarry.a"), "the static library stays")
+    local f = assert(io.open(prefix .. "/down.c", "w"))
+    f:write([[
+#include <stdio.h>
+#include <tarry_client.h>
+int main(void)
+{
+    char err[512];
+    tarry_client *c = tarry_client_open("host=127.0.0.1 port=1 connect_timeout=2", 1, err, sizeof err);
+    printf("%s\n", c ? "open" : err);
+    tarry_client_close(c);
+    return 0;
+}
+]])
+    f:close()
+    local cache = io.open(build.dir .. "/CMakeCache.txt"):read("a")
+    local sanitize = cache:match("CMAKE_BUILD_TYPE:STRING=Sanitize") and "-fsanitize=address,undefined " or ""
+    ok, out = run(string.format("cc -Wall -Wextra -Werror -std=c99 -pedantic %s-I%s/include -o %s/down %s/down.c "
+      .. "-L%s/lib -ltarry -Wl,-rpath,%s/lib && %s/down", sanitize, prefix, prefix, prefix, prefix, prefix, prefix))
+    assert(ok, out)
+    assert.is_not_nil(out:match("^connection: cannot connect to PostgreSQL: "), out)
+    local _, ldd = run("ldd " .. prefix .. "/down")
+    assert.is_not_nil(ldd:find(prefix .. "/lib/libtarry.so", 1, true), ldd)
+    os.execute("rm -rf " .. prefix)
   end)
 end)
 
@@ -162,6 +195,43 @@ describe("tarry_defer_start (non-blocking, stepped)", function()
   end)
 end)
 
+-- The server goes down under an open client, then comes back: each path says "connection:" in
+-- one line while it is down, and defers again once it is back (nothing to reopen).
+describe("a client whose database goes down and comes back", function()
+  local name, conninfo
+  before_each(function() name = db.fresh(); conninfo = db.conninfo(name) end)
+  after_each(function()
+    process.kill_all()
+    if not db.try_value("postgres", "SELECT 1") then db.server("start") end
+    db.drop(name)
+  end)
+
+  for _, path in ipairs { "defer", "start" } do
+    it("fails with connection: while it is down and defers again after (" .. path .. ")", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. dir))
+      local p = process.spawn(table.concat({ bin("client_probe"), path, q(conninfo), "add", q("{}"), "count=3",
+        "pause=" .. dir }, " "))
+      p:wait_for("^id=%d+$", 1, 30)
+      db.server("stop")
+      assert(os.execute("touch " .. dir .. "/1"))
+      p:wait_for("^error=", 1, 30)
+      db.server("start")
+      assert(os.execute("touch " .. dir .. "/2"))
+      assert.are.equal(0, p:wait(30))
+      local lines = {}
+      for line in p:output():gmatch("[^\n]+") do lines[#lines + 1] = line end
+      assert.are.equal(3, #lines, p:output())
+      assert.is_not_nil(lines[2]:match("^error=connection: "), lines[2])
+      assert.is_nil(lines[2]:find("\n"))
+      assert.is_not_nil(lines[3]:match("^id=%d+$"), lines[3])
+      assert.are.equal(2, count(name))
+      os.execute("rm -rf " .. dir)
+    end)
+  end
+end)
+
 describe("tarry_defer_on (the host's own connection and transaction)", function()
   local name, conninfo
   before_each(function()
@@ -206,6 +276,9 @@ describe("the C client's examples (scripts/examples/)", function()
     assert(ok, out)
     assert.is_not_nil(out:match("frames 120, deferred 120, failed 0, still pending 0\n"), out)
     assert.is_not_nil(out:match("time in tarry per frame: p50 [%d.]+ ms, p99 [%d.]+ ms, max [%d.]+ ms\n"), out)
+    -- No timing threshold: the kernel's count of this thread's voluntary context switches
+    -- during the tarry calls says whether one of them waited.
+    assert.is_not_nil(out:match("\nframes in which tarry blocked: 0 %(preempted by the kernel: %d+%)\n"), out)
     io.stderr:write("\n", out)
     assert.are.equal(120, count(name, "queue_name = 'frames' AND task_name = 'game.frame'"))
     assert.are.equal("0 119 120", db.value(name, "SELECT min((args->>'frame')::int) || ' ' || "

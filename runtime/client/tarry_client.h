@@ -34,7 +34,9 @@ extern "C" {
 #define TARRY_CLIENT_API
 #endif
 
-typedef struct pg_conn PGconn;              /* libpq's connection (<libpq-fe.h>) */
+#ifndef LIBPQ_FE_H
+typedef struct pg_conn PGconn;              /* libpq's connection (<libpq-fe.h>; C11 allows both) */
+#endif
 typedef struct tarry_client tarry_client;
 typedef struct tarry_pending tarry_pending;
 

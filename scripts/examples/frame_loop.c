@@ -2,7 +2,10 @@
  * never waits for PostgreSQL: each frame queues a job (tarry_defer_start), lets the client make
  * progress (tarry_client_step, which never blocks), collects the handles that completed, then
  * sleeps until the next frame. It records the time each frame spent in tarry and prints the
- * distribution, then waits (bounded, polling tarry_client_fd) for the last answers.
+ * distribution, then waits (bounded, polling tarry_client_fd) for the last answers. It also
+ * counts the frames in which a tarry call blocked: a voluntary context switch of this thread
+ * during the calls (the kernel's own count, unlike the times, is not blurred by a busy machine
+ * preempting us).
  *
  *   build/examples/frame_loop [CONNINFO [SECONDS]]     (CONNINFO "" : the PG* variables; 3 s)
  * Exit status 0 when every job was deferred. */
@@ -11,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <tarry_client.h>
 
 #define FPS 60
@@ -26,6 +30,15 @@ static void sleep_until(double t)
 {
     struct timespec ts = { (time_t)t, (long)((t - (double)(time_t)t) * 1e9) };
     clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+}
+
+/* This thread's context switches so far (Linux: RUSAGE_THREAD): voluntary (it waited) or not
+   (the kernel preempted it). */
+static long switches(int voluntary)
+{
+    struct rusage u;
+    getrusage(RUSAGE_THREAD, &u);
+    return voluntary ? u.ru_nvcsw : u.ru_nivcsw;
 }
 
 static int by_value(const void *a, const void *b)
@@ -87,7 +100,7 @@ static void report(const char *what, double *ms, int n)
 int main(int argc, char **argv)
 {
     const char *conninfo = argc > 1 ? argv[1] : "";
-    int frames = (int)((argc > 2 ? atof(argv[2]) : 3) * FPS), stalled = 0;
+    int frames = (int)((argc > 2 ? atof(argv[2]) : 3) * FPS), stalled = 0, blocked = 0, preempted = 0;
     char err[512];
     tarry_client *c = tarry_client_open(conninfo, 1, err, sizeof err);
     double *busy = calloc((size_t)frames, sizeof *busy), *interval = calloc((size_t)frames, sizeof *interval);
@@ -95,9 +108,12 @@ int main(int argc, char **argv)
     if (!c) { fprintf(stderr, "frame_loop: %s\n", err); return 1; }
     double start = now(), last = start;
     for (int i = 0; i < frames; i++) {
+        long waited = switches(1), taken = switches(0);
         double t0 = now();
         frame(c, &f, i);
         busy[i] = (now() - t0) * 1e3;
+        blocked += switches(1) != waited;
+        preempted += switches(0) != taken;
         interval[i] = (t0 - last) * 1e3;
         last = t0;
         stalled += busy[i] > 1e3 / FPS;
@@ -108,6 +124,7 @@ int main(int argc, char **argv)
     report("time in tarry per frame", busy, frames);
     report("frame interval", interval + 1, frames - 1);
     printf("frames over the %.1f ms budget: %d\n", 1e3 / FPS, stalled);
+    printf("frames in which tarry blocked: %d (preempted by the kernel: %d)\n", blocked, preempted);
     for (int i = 0; i < f.n; i++) tarry_pending_free(f.h[i]);
     tarry_client_close(c);
     free(f.h); free(busy); free(interval);

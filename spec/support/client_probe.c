@@ -9,6 +9,8 @@
  *         rollback  the same with ROLLBACK
  *   terminate=1: after the first defer, terminate every other backend of this role (the
  *   client's connections) and wait until they are gone, then do the rest.
+ *   pause=DIR: after the i-th defer, wait (at most 60 s) until the file DIR/i exists (the spec
+ *   stops or starts the server meanwhile).
  * Exit status: 0 when the probe ran (whatever the outcomes), 2 on misuse. */
 #include <poll.h>
 #include <stdio.h>
@@ -20,7 +22,7 @@
 #include <tarry_client.h>
 
 typedef struct probe {
-    const char *path, *conninfo, *task, *args, *sql;
+    const char *path, *conninfo, *task, *args, *sql, *pause;
     tarry_defer_options o;
     int count, terminate;
 } probe;
@@ -35,7 +37,7 @@ static void print_outcome(int64_t id, const char *err)
 static int parse(probe *p, int argc, char **argv)
 {
     if (argc < 5) return 0;
-    *p = (probe){ argv[1], argv[2], argv[3], strcmp(argv[4], "NULL") == 0 ? NULL : argv[4], NULL,
+    *p = (probe){ argv[1], argv[2], argv[3], strcmp(argv[4], "NULL") == 0 ? NULL : argv[4], NULL, NULL,
                   { NULL, NULL, NULL, 0, 0 }, 1, 0 };
     for (int i = 5; i < argc; i++) {
         char *v = strchr(argv[i], '=');
@@ -49,6 +51,7 @@ static int parse(probe *p, int argc, char **argv)
         else if (strcmp(argv[i], "count") == 0) p->count = atoi(v);
         else if (strcmp(argv[i], "sql") == 0) p->sql = v;
         else if (strcmp(argv[i], "terminate") == 0) p->terminate = atoi(v);
+        else if (strcmp(argv[i], "pause") == 0) p->pause = v;
         else return 0;
     }
     return 1;
@@ -69,6 +72,14 @@ static void terminate_others(const char *conninfo)
         usleep(10000);
     }
     PQfinish(pg);
+}
+
+/* Wait (at most 60 s) for the file <dir>/<i>. */
+static void pause_for(const char *dir, int i)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%d", dir, i);
+    for (int k = 0; k < 6000 && access(path, F_OK) != 0; k++) usleep(10000);
 }
 
 /* Step the client until h completes (bounded), waiting on its fd in between. */
@@ -108,6 +119,7 @@ static int with_client(const probe *p)
     for (int i = 0; i < p->count; i++) {
         one(c, p);
         if (i == 0 && p->terminate) terminate_others(p->conninfo);
+        if (p->pause && i + 1 < p->count) pause_for(p->pause, i + 1);
     }
     tarry_client_close(c);
     return 0;
