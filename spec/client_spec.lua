@@ -299,6 +299,17 @@ describe("the C client's examples (scripts/examples/)", function()
       .. "GROUP BY args HAVING count(*) > 1) d"))
   end)
 
+  it("threads.c start: 8 threads x 1000 tarry_defer_start while the main thread steps, every job once #tsan", function()
+    local exe = (build.tsan and build.tsan_dir or build.dir) .. "/examples/threads"
+    local ok, out = run(build.env_prefix() .. exe .. " " .. q(conninfo) .. " 8 1000 8 start")
+    assert(ok, out)
+    assert.is_not_nil(out:match("^8 threads x 1000 defer_starts: 8000 jobs in [%d.]+ s %(%d+ jobs/s%), 0 failed\n$"), out)
+    io.stderr:write("\n", out)
+    -- every tenth handle was freed while pending: its job is in all the same
+    assert.are.equal(8000, count(name, "queue_name = 'threads'"))
+    assert.are.equal("8000", db.value(name, "SELECT count(DISTINCT args) FROM procrastinate_jobs"))
+  end)
+
   it("luajit_ffi.lua defers through libtarry.so from LuaJIT's FFI", function()
     -- Under the sanitizer build the library is instrumented: luajit needs the runtimes preloaded.
     local preload = os.getenv("TARRY_SANITIZER_PRELOAD")
