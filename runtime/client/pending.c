@@ -211,12 +211,20 @@ static int take_result(async_side *a, PGresult *res)
     return 1;
 }
 
+/* With nothing in flight, whether the server said FATAL (PQconsumeInput only reads: PQisBusy
+   parses, and an idle connection hands an error to its notice receiver). */
+static int told_fatal(async_side *a)
+{
+    if (a->sent.head) return 0;
+    PQisBusy(a->pg);
+    return a->fatal;
+}
+
 static int read_results(async_side *a)
 {
     int n = 0, nulls = 0;
     PGresult *res;
-    if (!PQconsumeInput(a->pg) || PQstatus(a->pg) == CONNECTION_BAD
-        || (!a->sent.head && (PQisBusy(a->pg), a->fatal)))          /* PQisBusy parses a FATAL */
+    if (!PQconsumeInput(a->pg) || PQstatus(a->pg) == CONNECTION_BAD || told_fatal(a))
         return broken(a, "the connection broke");
     while (a->sent.head && !PQisBusy(a->pg) && nulls < 2) {
         if (!(res = PQgetResult(a->pg))) { nulls++; continue; }   /* end of one query's results */
