@@ -130,6 +130,19 @@ app:task("probe", function() end)
     pg.connector:close()
   end)
 
+  it("a connection the server ended is a connection error", function()
+    local pid = rows(conn, "SELECT pg_backend_pid()")[1][1]
+    db.superuser_psql(name, "SELECT pg_terminate_backend(" .. pid .. ")")
+    proc.until_true(function() return count(name, "SELECT count(*) FROM pg_stat_activity WHERE pid = " .. pid) == 0 end,
+      30, "the backend to exit")
+    local ok, err = pcall(welcome.defer, welcome, {})
+    assert.is_false(ok)
+    assert.is_true(tarry.is_error(err))
+    assert.are.equal("connection", err.code)
+    assert.matches("terminating connection", err.message)
+    assert.are.equal(0, jobs(name))
+  end)
+
   it("the same validation as a PgConnector: bad input raises the same error object before any SQL", function()
     local pg = app:with_connector(tarry.SyncPgConnector{ conninfo = db.conninfo(name) })
     local cases = {
