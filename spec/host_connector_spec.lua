@@ -300,6 +300,12 @@ describe("tarry.HostConnector{ execute = fn }", function()
     assert.are.equal("HostConnector", tarry.type(app.connector))
     assert.matches("^<tarry.HostConnector function: 0x%x+, 1 job deferred>$", tostring(app.connector))
     assert.are.equal(app.connector, app.connector:get_sync_connector())
+    -- an app on another connector hands its tasks to one on the host's connection
+    local memory_app = tarry.App{ connector = tarry.MemoryConnector() }
+    memory_app:task("m", function() end)
+    local on_host = memory_app:with_connector(app.connector)
+    assert.are.equal(id + 1, on_host.tasks.m:defer{})
+    assert.are.equal(0, #memory_app.connector:list_jobs())
   end)
 
   -- PostgreSQL's primary message for the conflict, as a driver passes it on.
