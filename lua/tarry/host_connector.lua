@@ -15,7 +15,7 @@
 --   with those fields and its `code` by the PgConnector's rule (23505 on the queueing-lock index:
 --   already_enqueued; 08xxx but 08P01, 57P0x: connection; any other: database);
 -- * a string: its SQLSTATE read from "SQLSTATE xxxxx" (or libpq's verbose "ERROR:  xxxxx: ..."),
---   and a message naming procrastinate_jobs_queueing_lock_idx_v1 is a queueing-lock conflict
+--   and a primary message naming procrastinate_jobs_queueing_lock_idx_v1 is a queueing-lock conflict
 --   (already_enqueued, sqlstate 23505) even without one, in any server language; else database.
 --
 -- Arguments, names and locks are validated before the host's function is called, by the same code
@@ -77,7 +77,7 @@ local function fields_of_text(s)
     detail = s:match("DETAIL:%s+([^\n]*)"),
     message = s:match("ERROR:%s+([^\n]*)") or s:match("^[^\n]*"),
   }
-  if s:find(QUEUEING_LOCK_INDEX, 1, true) then
+  if f.message:find(QUEUEING_LOCK_INDEX, 1, true) then   -- the primary message, not a value in DETAIL
     f.constraint, f.sqlstate = QUEUEING_LOCK_INDEX, f.sqlstate or "23505"
   end
   if f.sqlstate then      -- the SQLSTATE has its own field: not twice in tostring(err)
