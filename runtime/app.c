@@ -422,4 +422,6 @@ void tarry_app_open(lua_State *L)
     lua_setfield(L, -2, "App");
     lua_pushcfunction(L, app_fields);
     lua_setfield(L, -2, "app_fields");
+    lua_pushstring(L, DEFER_SQL);              /* the same statement for tarry.HostConnector */
+    lua_setfield(L, -2, "DEFER_SQL");
 }
