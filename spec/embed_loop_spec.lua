@@ -198,7 +198,7 @@ describe("the runtime's watchers", function()
   -- The pollfd and timeout() see only what goes through tarry's helpers (runtime/pollfd.c).
   it("are all started and stopped through tarry_io_*, tarry_timer_* and tarry_rt_async_send", function()
     local raw = {}
-    for path in io.popen("ls runtime/*.c"):lines() do
+    for path in io.popen("find runtime -name '*.c' | sort"):lines() do
       if path ~= "runtime/pollfd.c" then
         local n = 0
         for line in io.lines(path) do
