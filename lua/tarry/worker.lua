@@ -12,6 +12,7 @@
 --   health     the database's health: an outage logged once, its end once; backoff
 --   recovery   put back the jobs that dead workers left doing (retried or failed)
 --   periodic   defer the app's periodic (cron) tasks at their ticks
+--   blocking   the threads that run blocking task bodies, each with its own Lua state
 --
 -- This file holds what ties them: the shared state (app, store, options, log, stopping/forced),
 -- the order of start and stop, and app:run_worker. Everything runs in coroutines on app:run().
@@ -29,6 +30,7 @@ local Notifier = require "tarry.worker.notifier"
 local Signals = require "tarry.worker.signals"
 local Recovery = require "tarry.worker.recovery"
 local Periodic = require "tarry.worker.periodic"
+local Blocking = require "tarry.worker.blocking"
 
 local Worker = {}
 Worker.__index = Worker
@@ -46,7 +48,7 @@ local function job_store(connector)
   return Store.of(connector, LEVEL + 1)
 end
 
-function Worker.new(app, opts)
+function Worker.new(app, opts, caller_file)
   local o = Options.check(opts, LEVEL)
   local self = setmetatable({
     app = app,
@@ -67,6 +69,7 @@ function Worker.new(app, opts)
   self.signals = Signals.new(self)
   self.recovery = Recovery.new(self)
   self.periodic = Periodic.new(self)
+  self.blocking = Blocking.setup(self, caller_file, LEVEL)     -- last: it starts threads
   return self
 end
 
@@ -164,13 +167,21 @@ end
 
 --- app:run_worker(opts): run a worker until it stops (see tarry/worker/options.lua).
 function Worker.run(app, opts)
+  if require("tarry").thread_id then return Blocking.record(app) end   -- loading the app in a thread
   if core.in_coroutine() then error("run_worker cannot be called from a tarry coroutine", 2) end
-  local w = Worker.new(app, opts)
+  local caller = debug.getinfo(2, "S")         -- run_worker tail-calls us: its caller's file
+  local w = Worker.new(app, opts, caller and caller.source:match("^@(.*)$"))
   local connector = app.connector
   local opened = connector.is_open and not connector:is_open()
-  if opened then app:open() end
-  local h = app:spawn(w.main, w)
-  local ok, err = pcall(app.run, app)
+  local ok, err = true, nil
+  if opened then ok, err = pcall(app.open, app) end
+  local h = ok and app:spawn(w.main, w)
+  if ok then ok, err = pcall(app.run, app) end
+  if w.blocking then                            -- a body still running past the drain gets FORCED_GRACE
+    local left = w.blocking:close(FORCED_GRACE)
+    if left > 0 then w.log:error("blocking_left_running", string.format("%d blocking thread(s) still inside a "
+      .. "task at the stop: left running until the process exits", left)) end
+  end
   if opened then app:close() end
   if not ok then error(err, 0) end
   return h:result()
