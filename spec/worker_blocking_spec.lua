@@ -245,6 +245,7 @@ describe("a worker's start with blocking tasks", function()
   local function fails(body, args, env)
     local w = proc.start("worker --app " .. proc.app_file(name, body) .. " " .. (args or ""), env)
     assert.are_not.equal(0, w:wait(60))
+    assert.is_nil(w:output():find("Sanitizer"), w:output())   -- the threads were joined, their states freed
     return w:output()
   end
 
@@ -283,6 +284,46 @@ app:task("b", { blocking = require("tarry").thread_id == nil }, function() end)
     local file = proc.app_file(name, [[app:task("plain", function() end)]])
     local w = proc.start("worker --one-shot --blocking-threads 0 --app " .. file)
     assert.are.equal(0, w:wait(60), w:output())
+  end)
+end)
+
+describe("a worker a Lua script starts (app:run_worker) with blocking tasks", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function() proc.kill_all(); db.drop(name) end)
+
+  -- A script for `tarry run`: its threads load this same file (run_worker's caller), where
+  -- run_worker only hands them the app; tarry.thread_id keeps the defer to the main state.
+  local function script(worker_opts)
+    local path = os.tmpname() .. ".lua"
+    local f = assert(io.open(path, "w"))
+    f:write(string.format([[
+local tarry = require "tarry"
+local app = tarry.App{ connector = tarry.PgConnector{ conninfo = %q } }
+app:task("where", { blocking = true }, function(args, ctx)
+  ctx.app.connector:execute("CREATE TABLE seen AS SELECT $1::text AS thread", tostring(tarry.thread_id))
+end)
+if not tarry.thread_id then app.tasks.where:defer{} end
+app:run_worker{ wait = false, log_level = "warning", blocking_threads = 1%s }
+]], db.conninfo(name), worker_opts))
+    f:close()
+    return path
+  end
+
+  it("loads the app in its threads from the file that called run_worker", function()
+    local w = proc.start("run " .. script(""))
+    assert.are.equal(0, w:wait(60), w:output())
+    assert.are.equal("1", db.value(name, "SELECT thread FROM seen"))
+  end)
+
+  it("or from the option app_file (a file that returns the app)", function()
+    local other = proc.app_file(name, [[
+app:task("where", { blocking = true }, function(args, ctx)
+  ctx.app.connector:execute("CREATE TABLE seen AS SELECT 'app_file, thread ' || $1 AS thread", tarry.thread_id)
+end)]])
+    local w = proc.start("run " .. script(string.format(", app_file = %q", other)))
+    assert.are.equal(0, w:wait(60), w:output())
+    assert.are.equal("app_file, thread 1", db.value(name, "SELECT thread FROM seen"))
   end)
 end)
 
