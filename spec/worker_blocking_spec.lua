@@ -46,6 +46,11 @@ app:task("spin_timeout", { blocking = true, timeout = 0.5 }, function(args, ctx)
   while not ctx:should_abort() do end
   mark(ctx, "stopped spinning")
 end)
+app:task("forever", { blocking = true }, function(args, ctx)
+  mark(ctx, "looping")
+  local n = 0
+  while true do n = n + 1 end             -- asks nothing: only --blocking-abort-hook reaches it
+end)
 app:task("nap", { blocking = true }, function(args, ctx) mark(ctx, "start"); ctx:sleep(args.seconds); mark(ctx, "end") end)
 app:task("boom", { blocking = true }, function() error("kaboom in a thread") end)
 ]]
@@ -189,6 +194,15 @@ describe("inside a blocking task", function()
     print(string.format("\n  [measured] blocking job: abort_requested -> aborted in %.1f ms", delay * 1000))
     t.stop(w)
     assert.matches("job " .. id .. " spin aborted on request", w:output())
+  end)
+
+  it("with --blocking-abort-hook, an abort reaches a pure-Lua loop that never asks", function()
+    local w = start_worker(t.file, "--blocking-threads 1 --blocking-abort-hook --fetch-job-polling-interval 600")
+    local id = t.app:defer("forever", {})
+    t.started(w, id, "looping")
+    assert.is_true(t.app.jobs:cancel(id, { abort = true }))
+    t.ended(w, id, "aborted")
+    t.stop(w)
   end)
 
   it("ctx:should_abort() sees the task's timeout; the job ends failed", function()

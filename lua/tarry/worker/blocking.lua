@@ -22,8 +22,11 @@
 --   ctx:should_abort() reads it, and the thread's ctx:sleep raises the stop error as the loop's
 --   does. A thread is never cancelled: a body that ignores the flag runs on until the graceful
 --   stop's timeout and is then marked as the loop's interrupted jobs are (a blocking C call cannot
---   be interrupted). No instruction hook is installed: it would slow every blocking body by a
---   check every few thousand instructions and cannot reach a C call anyway.
+--   be interrupted). The worker option blocking_abort_hook (--blocking-abort-hook) installs a
+--   count hook that raises the stop error inside pure-Lua code every HOOK_EVERY instructions; it
+--   is off by default: it costs every blocking body a call per check, it replaces a debug hook the
+--   task may set itself, and it raises at any instruction, where a task cannot clean up as it can
+--   after ctx:should_abort() (nor can it reach a C call).
 -- * Defers inside a blocking body go through the thread's own app, whose connector is not open
 --   there: tarry's connectors then use a blocking connection opened on the first defer and kept
 --   for the thread's later jobs (Procrastinate's "sync job" case).
@@ -99,7 +102,8 @@ function M.setup(w, caller_file, level)
   local ok, pool = pcall(core.ThreadPool, { threads = n, app_file = file, conninfo = w.opts.app_conninfo })
   if not ok then error(pool, level) end
   check_signatures(pool, w.app, file, level)
-  return setmetatable({ pool = pool, names = names, list = list, threads = n, running = 0 }, Pool)
+  return setmetatable({ pool = pool, names = names, list = list, threads = n, running = 0,
+    hook = w.opts.blocking_abort_hook }, Pool)
   -- running: the blocking jobs started (counted by the runner, which also counts their ends)
 end
 
@@ -122,8 +126,9 @@ local REASON = { aborted = 1, timeout = 2 }
 --- Ask the job's thread to stop (reason "aborted" or "timeout"): its flag, seen at once.
 function Pool:stop(job, reason) self.pool:abort(job.id, REASON[reason] or 1) end
 
-local function job_json(job, ctx)
+local function job_json(job, ctx, hook)
   return core.json_encode {
+    abort_hook = hook,
     id = job.id, task_name = job.task_name, queue = job.queue, priority = job.priority, lock = job.lock,
     queueing_lock = job.queueing_lock, attempts = job.attempts, scheduled_at = job.scheduled_at,
     args = job.args, worker_name = ctx.worker_name, worker_id = ctx.worker_id,
@@ -133,7 +138,7 @@ end
 --- Run the job on a thread, parking its coroutine meanwhile: like xpcall(def.fn, ...) in the
 -- runner, true, or false and the failure { err=, message=, traceback= }.
 function Pool:run(job, ctx)
-  local ok, res, message, code, traceback = pcall(self.pool.run, self.pool, job.id, job_json(job, ctx))
+  local ok, res, message, code, traceback = pcall(self.pool.run, self.pool, job.id, job_json(job, ctx, self.hook))
   if not ok then error(res, 0) end     -- cancelled (the shutdown), or the job had no JSON form
   if res then return true end
   return false, { err = code and core.error(code, message) or message, message = message,
@@ -170,6 +175,9 @@ local Context = {}
 Context.__index = Context
 
 local STOP = { "aborted", "timeout" }
+
+-- With blocking_abort_hook, the stop flag is checked every this many VM instructions.
+local HOOK_EVERY = 10000
 
 local function on_error(e)
   local tb = debug.traceback(nil, 2):gsub("\n%s*%[C%]: in function 'xpcall'.*$", "")
@@ -209,8 +217,11 @@ function M.thread_load(file, thread_id, conninfo, sleep, stop_flag)
     end
     local ctx = setmetatable({ job = job, app = app, worker_name = job.worker_name, worker_id = job.worker_id,
       thread_id = thread_id }, Context)
-    job.worker_name, job.worker_id = nil, nil
+    local hook = job.abort_hook
+    job.worker_name, job.worker_id, job.abort_hook = nil, nil, nil
+    if hook then debug.sethook(function() if stop_flag() ~= 0 then error(stop_error(job), 2) end end, "", HOOK_EVERY) end
     local ok, f = xpcall(def.fn, on_error, job.args, ctx)
+    if hook then debug.sethook() end
     if ok then return true end
     return false, f.message, f.code, f.traceback
   end

@@ -37,6 +37,7 @@ M.SPEC = {
     "an integer in [0, 1024]" },
   app_file = { nil, function(v) return type(v) == "string" and #v > 0 end, "a non-empty string (a file name)" },
   app_conninfo = { nil, function(v) return type(v) == "string" end, "a conninfo string" },
+  blocking_abort_hook = { false, is_bool, "a boolean" },   -- a count hook raises a stop in pure-Lua loops
 }
 
 local function check_queues(queues, level)
