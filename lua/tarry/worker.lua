@@ -119,8 +119,9 @@ end
 
 function Worker:started_line()
   local o = self.opts
-  self.log:info("worker_started", string.format("worker %q (id %d) started: queues %s, concurrency %d",
-    o.name, self.liveness.worker_id, o.queues and table.concat(o.queues, ",") or "all", o.concurrency),
+  self.log:info("worker_started", string.format("worker %q (id %d) started: queues %s, concurrency %d%s",
+    o.name, self.liveness.worker_id, o.queues and table.concat(o.queues, ",") or "all", o.concurrency,
+    self.blocking and string.format(", %d blocking thread(s)", self.blocking.threads) or ""),
     { worker_id = self.liveness.worker_id, worker = o.name })
 end
 
