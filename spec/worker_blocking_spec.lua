@@ -182,6 +182,15 @@ describe("inside a blocking task", function()
     print("\n  [measured] in a blocking task: " .. marks(t.name, id))
   end)
 
+  it("--conninfo applies to the threads' apps too", function()
+    local file = proc.app_file(t.name, TASKS, { conninfo = "dbname=tarry_no_such_db host=/nonexistent" })
+    local id = t.app:defer("fan_out", {})
+    local w = proc.start("worker --one-shot --blocking-threads 1 --app " .. file .. " --conninfo "
+      .. db.shell_quote(db.conninfo(t.name)))
+    assert.are.equal(0, w:wait(60), w:output())
+    assert.are.equal("succeeded", status_of(t.name, id))
+  end)
+
   it("ctx:should_abort() sees an abort request; the job ends aborted", function()
     local w = start_worker(t.file, "--blocking-threads 1 --fetch-job-polling-interval 600")
     local id = t.app:defer("spin", {})
