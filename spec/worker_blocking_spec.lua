@@ -350,6 +350,20 @@ end)]])
   end)
 end)
 
+describe("app:run_worker from the stock lua5.4 (tarry/core.so) with blocking tasks", function()
+  local t = with_database()
+
+  it("runs them on threads of this process, loading app_file", function()
+    local app = dofile(t.file)
+    local ids = { app:defer("crunch", { seconds = 0.2 }), app:defer("quick", {}) }
+    W.run(app, { app_file = t.file, blocking_threads = 1 })
+    app:close()
+    assert.are.equal("succeeded", status_of(t.name, ids[1]))
+    assert.are.equal("succeeded", status_of(t.name, ids[2]))
+    assert.are.equal("1", db.value(t.name, "SELECT thread FROM marks WHERE job_id = " .. ids[1] .. " LIMIT 1"))
+  end)
+end)
+
 describe("the task option blocking", function()
   it("must be a boolean", function()
     local app = tarry.App{ connector = tarry.MemoryConnector() }
