@@ -228,7 +228,8 @@ static void run_job(lua_State *L, bjob *j)
     if (status != LUA_OK) {             /* outside the task's own xpcall: out of memory, mostly */
         j->ok = 0;
         j->message = copy_string(L, -1);
-        if (!j->message) j->message = dup_or_null(status == LUA_ERRMEM ? "not enough memory" : "error in a blocking thread");
+        if (!j->message)
+            j->message = dup_or_null(status == LUA_ERRMEM ? "not enough memory" : "error in a blocking thread");
         j->traceback = dup_or_null(j->message);
         return;
     }
@@ -340,7 +341,10 @@ static int pool_run(lua_State *L)
     tarry_co *h = tarry_rt_current(L);
     bjob *j;
     if (!h) return luaL_error(L, "ThreadPool:run() can only be called in a coroutine tarry runs");
-    if (!(j = calloc(1, sizeof *j)) || !(j->input = malloc(n + 1))) { free(j); return luaL_error(L, "out of memory"); }
+    if (!(j = calloc(1, sizeof *j)) || !(j->input = malloc(n + 1))) {
+        free(j);
+        return luaL_error(L, "out of memory");
+    }
     memcpy(j->input, json, n + 1);
     j->input_len = n;
     j->id = id;
@@ -391,7 +395,7 @@ static void free_pool(pool *p)
     bjob *j, *next;
     for (j = p->todo_head; j; j = next) { next = j->next; job_free(j); }
     for (j = p->done_head; j; j = next) { next = j->next; job_free(j); }
-    for (int i = 0; i < p->nthreads; i++) { free(p->threads[i].signature); free(p->threads[i].error); }
+    for (int i = 0; p->threads && i < p->nthreads; i++) { free(p->threads[i].signature); free(p->threads[i].error); }
     free(p->threads);
     free(p->app_file);
     free(p->conninfo);
@@ -426,7 +430,10 @@ static int wait_exited(pool *p, int nstarted, double timeout)
 static int stop_pool(pool *p, double timeout)
 {
     int nstarted = 0, all, none;
-    for (bjob *j = p->inflight_head; j; j = j->next_inflight) { none = 0; atomic_compare_exchange_strong(&j->stop, &none, 1); }
+    for (bjob *j = p->inflight_head; j; j = j->next_inflight) {
+        none = 0;
+        atomic_compare_exchange_strong(&j->stop, &none, 1);
+    }
     pthread_mutex_lock(&p->mu);
     p->stopping = 1;
     pthread_cond_broadcast(&p->cond);
@@ -532,7 +539,10 @@ static pool *pool_alloc(lua_State *L, int nthreads, const char *app_file, const 
     p->path = package_string(L, "path");
     p->cpath = package_string(L, "cpath");
     p->loop = tarry_rt_loop(tarry_rt_get(L));
-    if (!p->threads || !p->app_file || (conninfo && !p->conninfo) || !p->path || !p->cpath) { free_pool(p); return NULL; }
+    if (!p->threads || !p->app_file || (conninfo && !p->conninfo) || !p->path || !p->cpath) {
+        free_pool(p);
+        return NULL;
+    }
     ev_async_init(&p->async, async_cb);
     p->async.data = p;
     ev_async_start(p->loop, &p->async);
