@@ -61,7 +61,7 @@ void tarry_push_error(lua_State *L, const char *code, const char *fmt, ...);
 void tarry_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res);
 void tarry_errors_open(lua_State *L);
 
-/* ---- pg.c: libpq helpers shared by the connectors ---- */
+/* ---- pg.c: libpq helpers shared by the connectors; those without Lua live in pq.c ---- */
 typedef enum { TARRY_RESULT_ROWS, TARRY_RESULT_IDS } tarry_result_kind;
 typedef struct tarry_query {
     const char *sql;
@@ -96,6 +96,9 @@ void tarry_pg_message(char *out, size_t outlen, const char *msg);
 /* The default query deadline of tarry's connectors, in seconds. */
 #define TARRY_QUERY_TIMEOUT 30.0
 double tarry_monotonic(void);                       /* seconds, CLOCK_MONOTONIC */
+/* The error code of a failed query: already_enqueued, connection or database (sqlstate NULL:
+   no result from the server, a connection error). */
+const char *tarry_pg_error_code(const char *sqlstate, const char *constraint, PGconn *conn);
 /* A printable description of a conninfo, without its password. */
 void tarry_pg_describe(const char *conninfo, char *out, size_t outlen);
 /* ---- conninfo.c: no password of a conninfo in what tarry prints ---- */
