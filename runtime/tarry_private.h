@@ -182,4 +182,7 @@ int tarry_listen(lua_State *L);   /* core.listen(conninfo, channels, connect_tim
 /* ---- app.c ---- */
 void tarry_app_open(lua_State *L);
 
+/* ---- threads.c: tarry.ThreadPool, the threads of blocking task bodies ---- */
+void tarry_threads_open(lua_State *L);
+
 #endif

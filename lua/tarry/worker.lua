@@ -12,6 +12,7 @@
 --   health     the database's health: an outage logged once, its end once; backoff
 --   recovery   put back the jobs that dead workers left doing (retried or failed)
 --   periodic   defer the app's periodic (cron) tasks at their ticks
+--   blocking   the threads that run blocking task bodies, each with its own Lua state
 --
 -- This file holds what ties them: the shared state (app, store, options, log, stopping/forced),
 -- the order of start and stop, app:run_worker (the worker owns the loop: app:run() until it
@@ -31,6 +32,7 @@ local Notifier = require "tarry.worker.notifier"
 local Signals = require "tarry.worker.signals"
 local Recovery = require "tarry.worker.recovery"
 local Periodic = require "tarry.worker.periodic"
+local Blocking = require "tarry.worker.blocking"
 
 local Worker = core.newmetatable("tarry.Worker")
 Worker.__index = Worker
@@ -48,8 +50,9 @@ local function job_store(connector, who)
   return Store.of(connector, LEVEL + 1)
 end
 
--- who: "run_worker" or "start_worker", for the messages of misuse.
-function Worker.new(app, opts, who)
+-- who: "run_worker" or "start_worker", for the messages of misuse; caller_file: the file that
+-- called it, which blocking threads load when the options name no app_file.
+function Worker.new(app, opts, who, caller_file)
   local o = Options.check(opts, LEVEL, who)
   local self = setmetatable({
     app = app,
@@ -71,6 +74,7 @@ function Worker.new(app, opts, who)
   self.signals = Signals.new(self)
   self.recovery = Recovery.new(self)
   self.periodic = Periodic.new(self)
+  self.blocking = Blocking.setup(self, caller_file, LEVEL)     -- last: it starts threads
   return self
 end
 
@@ -120,8 +124,9 @@ end
 
 function Worker:started_line()
   local o = self.opts
-  self.log:info("worker_started", string.format("worker %q (id %d) started: queues %s, concurrency %d",
-    o.name, self.liveness.worker_id, o.queues and table.concat(o.queues, ",") or "all", o.concurrency),
+  self.log:info("worker_started", string.format("worker %q (id %d) started: queues %s, concurrency %d%s",
+    o.name, self.liveness.worker_id, o.queues and table.concat(o.queues, ",") or "all", o.concurrency,
+    self.blocking and string.format(", %d blocking thread(s)", self.blocking.threads) or ""),
     { worker_id = self.liveness.worker_id, worker = o.name })
 end
 
@@ -199,13 +204,32 @@ local function open_if_closed(app)
   return opened
 end
 
+-- The file of the function that called run_worker/start_worker (they tail-call Worker.run/start).
+local function caller_file()
+  local info = debug.getinfo(3, "S")
+  return info and info.source:match("^@(.*)$")
+end
+
+-- Join the blocking threads; a body still running past the drain gets FORCED_GRACE seconds.
+local function close_blocking(w)
+  if not w.blocking then return end
+  local left = w.blocking:close(FORCED_GRACE)
+  if left > 0 then w.log:error("blocking_left_running", string.format("%d blocking thread(s) still "
+    .. "inside a task at the stop: left running until the process exits", left)) end
+end
+
 --- app:run_worker(opts): run a worker until it stops (see tarry/worker/options.lua).
 function Worker.run(app, opts)
+  if require("tarry").thread_id then return Blocking.record(app) end   -- loading the app in a thread
   if core.in_coroutine() then error("run_worker cannot be called from a tarry coroutine", 2) end
-  local w = Worker.new(app, opts, "run_worker")
-  local opened = open_if_closed(app)
-  w.handle = app:spawn(w.main, w)
-  local ok, err = pcall(app.run, app)
+  local w = Worker.new(app, opts, "run_worker", caller_file())
+  local opened = false
+  local ok, err = pcall(function() opened = open_if_closed(app) end)
+  if ok then
+    w.handle = app:spawn(w.main, w)
+    ok, err = pcall(app.run, app)
+  end
+  close_blocking(w)
   if opened then app:close() end
   if not ok then error(err, 0) end
   return w.handle:result()
@@ -228,10 +252,12 @@ end
 -- install_signal_handlers: signals stay the host's, which calls w:stop(). A connector this opened
 -- is closed when the worker stops. A worker that fails raises its error from app:step().
 function Worker.start(app, opts)
-  local w = Worker.new(app, host_options(opts), "start_worker")
-  local opened = open_if_closed(app)
+  local w = Worker.new(app, host_options(opts), "start_worker", caller_file())
+  local ok, opened = pcall(open_if_closed, app)
+  if not ok then close_blocking(w); error(opened, 0) end
   w.handle = app:spawn(function()
     local ok, err = pcall(w.main, w)
+    close_blocking(w)
     if opened then app:close() end
     if not ok then error(err, 0) end
   end)

@@ -31,6 +31,13 @@ M.SPEC = {
   recover_stalled = { true, is_bool, "a boolean" },
   periodic = { true, is_bool, "a boolean" },                          -- defer the app's periodic tasks
   periodic_max_delay = { Periodic.MAX_DELAY, seconds, "a number of seconds >= 0" },  -- catch-up limit
+  -- blocking task bodies (tarry/worker/blocking.lua): threads (nil: the number of cores), the file
+  -- each thread loads the app from (nil: run_worker's caller's), the conninfo its app then uses
+  blocking_threads = { nil, function(v) return math.type(v) == "integer" and v >= 0 and v <= 1024 end,
+    "an integer in [0, 1024]" },
+  app_file = { nil, function(v) return type(v) == "string" and #v > 0 end, "a non-empty string (a file name)" },
+  app_conninfo = { nil, function(v) return type(v) == "string" end, "a conninfo string" },
+  blocking_abort_hook = { false, is_bool, "a boolean" },   -- a count hook raises a stop in pure-Lua loops
 }
 
 local function check_queues(queues, level, who)
