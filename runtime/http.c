@@ -66,19 +66,19 @@ static void http_run(tarry_http *s)
 {
     MHD_UNSIGNED_LONG_LONG ms;
     MHD_run(s->d);
-    ev_timer_stop(s->loop, &s->timer);
+    tarry_timer_stop(s->loop, &s->timer);
     if (MHD_get_timeout(s->d, &ms) == MHD_YES) {
         ev_timer_set(&s->timer, (double)ms / 1000.0, 0.);
-        ev_timer_start(s->loop, &s->timer);
+        tarry_timer_start(s->loop, &s->timer);
     }
 }
 
 /* Run MHD at the next loop iteration (after a resume: the answer goes out then). */
 static void http_kick(tarry_http *s)
 {
-    ev_timer_stop(s->loop, &s->timer);
+    tarry_timer_stop(s->loop, &s->timer);
     ev_timer_set(&s->timer, 0., 0.);
-    ev_timer_start(s->loop, &s->timer);
+    tarry_timer_start(s->loop, &s->timer);
 }
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -93,7 +93,8 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     http_run(w->data);
 }
 
-/* The one function that starts and stops the watchers. */
+/* The one function that starts and stops the watchers (through the runtime's helpers, so that a
+   host polling the loop, app:pollfd, sees them). */
 static void http_watch(tarry_http *s, int fd, int on)
 {
     if (on) {
@@ -101,10 +102,10 @@ static void http_watch(tarry_http *s, int fd, int on)
         s->io.data = s;
         ev_timer_init(&s->timer, timer_cb, 0., 0.);
         s->timer.data = s;
-        ev_io_start(s->loop, &s->io);
+        tarry_io_start(s->loop, &s->io);
     } else {
-        ev_io_stop(s->loop, &s->io);
-        ev_timer_stop(s->loop, &s->timer);
+        tarry_io_stop(s->loop, &s->io);
+        tarry_timer_stop(s->loop, &s->timer);
     }
 }
 
