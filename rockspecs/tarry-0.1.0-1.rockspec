@@ -18,7 +18,8 @@ dependencies = {
   "lua >= 5.4, < 5.5",
   "argparse >= 0.7",      -- the command line only; Debian: lua-argparse (see README)
 }
--- libpq, libev and jansson (Debian: libpq-dev libev-dev libjansson-dev) are found by CMake.
+-- libpq, libev, jansson and libmicrohttpd (Debian: libpq-dev libev-dev libjansson-dev libmicrohttpd-dev)
+-- are found by CMake.
 build = {
   type = "cmake",
   variables = {

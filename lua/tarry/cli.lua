@@ -201,6 +201,7 @@ local COMMANDS = {
   locks = function(cmd) return require("tarry.cli_jobs").counts(M, cmd) end,
   workers = function(cmd) return require("tarry.cli_jobs").workers(M, cmd) end,
   shell = function(cmd) return require("tarry.cli_shell").run(M, cmd) end,
+  dashboard = function(cmd) return require("tarry.cli_dashboard").run(M, cmd) end,
   run = cmd_run,
   help = function(cmd)
     if cmd.missing then print_help(nil, io.stderr); return 2 end

@@ -175,6 +175,10 @@ local function define_worker(p, on_help)
     .. "they go back for other workers (default 1).", { argname = "S", convert = seconds("--prefetch-hold") })
   option(c, "worker", "--lean", "Write no procrastinate_events rows for fetches and outcomes (event history "
     .. "only; needs tarry's schema).", { flag = true })
+  option(c, "worker", "--blocking-threads", "Threads for the bodies of blocking tasks (default: the number of "
+    .. "cores; 0 refuses an app with blocking tasks).", { argname = "N", convert = whole("--blocking-threads", 0) })
+  option(c, "worker", "--blocking-abort-hook", "Raise an abort or timeout inside a blocking task's pure-Lua "
+    .. "loops (an instruction hook; off by default).", { flag = true })
   option(c, "worker", "--one-shot", "Stop when no job is left to fetch.", { flag = true })
   option(c, "worker", "--name", "The worker's name in logs and ctx.worker_name (default worker).", { argname = "W" })
   option(c, "worker", "--no-listen-notify", "Do not LISTEN for new jobs; poll only.", { flag = true })
@@ -198,6 +202,12 @@ local function define_worker(p, on_help)
   option(c, "worker", "--log-level", "debug, info (default), warning or error.",
     { choices = { "debug", "info", "warning", "error" } })
   option(c, "worker", "-v --verbose", "Same as --log-level debug.", { flag = true })
+  option(c, "worker", "--dashboard", "Also serve the web dashboard on [HOST:]PORT (as `tarry dashboard`).",
+    { argname = "[H:]P", convert = function(s)
+        local host, port = require("tarry.cli_dashboard").parse_address(s)
+        if not host then return nil, port end
+        return { host = host, port = port }
+      end })
   conninfo(c, "worker")
 end
 
@@ -345,6 +355,31 @@ local function define_jobs(p, on_help)
   conninfo(c, "shell")
 end
 
+-- tarry dashboard (tarry/cli_dashboard.lua, tarry/dashboard/).
+local function define_dashboard(p, on_help)
+  local c = p:command("dashboard", "Serve the web dashboard: jobs, queues, workers, schedules, throughput; "
+    .. "actions on jobs (until SIGINT/SIGTERM).")
+  help_flag(c, on_help)
+  option(c, "dashboard", "--app", "A Lua file that returns the tarry.App (default: an app on a PgConnector of "
+    .. "--conninfo, or of libpq's PG* variables); its periodic tasks show up.", { argname = "FILE" })
+  option(c, "dashboard", "--host", "Address to listen on (default 127.0.0.1).", { argname = "H" })
+  option(c, "dashboard", "--port", "Port to listen on (default 8470; 0: any free port).",
+    { argname = "P", convert = function(s)
+        local n = math.tointeger(tonumber(s))
+        if not n or n < 0 or n > 65535 then return nil, "--port must be from 0 to 65535, got '" .. s .. "'" end
+        return n
+      end })
+  option(c, "dashboard", "--read-only", "Refuse every action (403): look, do not touch.", { flag = true })
+  option(c, "dashboard", "--auth", "Ask for HTTP basic auth with these credentials.", { argname = "USER:PASSWORD",
+    convert = function(s)
+      if not s:find(":", 1, true) then return nil, "--auth must be USER:PASSWORD" end
+      return s
+    end })
+  option(c, "dashboard", "--base-path", "Serve under this path (default /), e.g. /jobs behind a proxy.",
+    { argname = "PATH", convert = function(s) return require("tarry.dashboard.server").base_path(s) end })
+  conninfo(c, "dashboard")
+end
+
 local function define_misc(p, on_help, names)
   local c = p:command("run", "Run a Lua script inside tarry's runtime (require \"tarry\" works). Every word "
     .. "after SCRIPT is the script's, in arg and ...; its directory goes on package.path.")
@@ -363,7 +398,7 @@ end
 
 --- The top-level commands, in the order of the help.
 M.COMMANDS = { "worker", "defer", "schema", "healthchecks", "jobs", "queues", "tasks", "locks", "workers", "shell",
-  "run", "help", "version", "completion" }
+  "dashboard", "run", "help", "version", "completion" }
 
 --- The parser. `on_help(p)` runs when -h/--help is met for (sub)parser p, and must raise.
 function M.build(argparse, on_help)
@@ -384,6 +419,7 @@ function M.build(argparse, on_help)
   define_defer(p, on_help)
   define_admin(p, on_help)
   define_jobs(p, on_help)
+  define_dashboard(p, on_help)
   define_misc(p, on_help, M.COMMANDS)
   return p
 end

@@ -17,6 +17,7 @@ function M.run(cli, cmd)
     cli.usage_error("a worker needs an app on a tarry.PgConnector (or a tarry.MemoryConnector); the connector "
       .. "of --app %s is %s", cmd.app, tostring(app.connector))
   end
+  local stop_dashboard = cmd.dashboard and require("tarry.cli_dashboard").in_worker(cli, app, cmd.dashboard)
   app:run_worker{
     queues = cmd.queues, concurrency = cmd.concurrency, wait = not cmd.one_shot, name = cmd.name,
     prefetch = cmd.prefetch, prefetch_hold = cmd.prefetch_hold, lean = cmd.lean and true or false,
@@ -27,7 +28,10 @@ function M.run(cli, cmd)
     stalled_worker_timeout = cmd.stalled_worker_timeout, recover_stalled = not cmd.no_recover_stalled,
     periodic = not cmd.no_periodic, periodic_max_delay = cmd.periodic_max_delay,
     log_format = cmd.log_format, log_level = cmd.log_level,
+    blocking_threads = cmd.blocking_threads, app_file = cmd.app, app_conninfo = cmd.conninfo,
+    blocking_abort_hook = cmd.blocking_abort_hook or nil,
   }
+  if stop_dashboard then stop_dashboard() end
   return 0
 end
 

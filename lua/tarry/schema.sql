@@ -941,3 +941,19 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- The dashboard (tarry/dashboard/) ---------------------------------------------------------------
+
+-- What a failed attempt raised: its message and traceback, written by tarry's worker after it
+-- recorded the outcome (tarry/dashboard/errors.lua), shown in a job's detail.  Procrastinate's
+-- tables have no room for it.  One row per attempt.  No foreign key (procrastinate_jobs stays
+-- truncatable, and its deletes pay nothing): the dashboard deletes a job's errors with the job,
+-- and a job deleted elsewhere leaves rows that no job id will ever match again (ids are not reused).
+CREATE TABLE tarry_job_errors_v1 (
+    job_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    at timestamp with time zone NOT NULL DEFAULT now(),
+    message text NOT NULL,
+    traceback text,
+    PRIMARY KEY (job_id, attempt)
+);

@@ -54,7 +54,8 @@ end
 function Fetcher:ahead()
   local w = self.w
   local limit = w.opts.prefetch - w.opts.concurrency       -- prefetch: jobs in hand, running or queued
-  if limit <= 0 or not self.can_release or w.stopping or not self.pace then return 0 end
+  -- (With blocking tasks, none: a job is fetched only when a slot or thread is free for it.)
+  if limit <= 0 or not self.can_release or w.stopping or not self.pace or w.blocking then return 0 end
   if self:slots_held() then return 0 end
   local by_pace = math.floor(PREFETCH_WINDOW * w.opts.concurrency / math.max(self.pace, 1e-6))
   return math.min(limit, by_pace)
@@ -81,6 +82,7 @@ end
 -- what the worker may hold (slots and queue) is missing: one round trip then brings many jobs,
 -- instead of many round trips a few each.
 function Fetcher:should_fetch()
+  if self.w.blocking then return not self:full() end
   local want = self:wanted()
   if want <= 0 then return false end
   return #self.queue == 0 or want >= math.max(1, (self.w.opts.concurrency + self:ahead()) // 2)
@@ -160,6 +162,7 @@ end
 -- One fetch: the number of jobs fetched and whether it got all it asked for, or nil and the error.
 function Fetcher:round()
   local w = self.w
+  if w.blocking then return self:blocking_round() end
   local n = self:wanted()
   if n <= 0 then return 0, false end
   local ok, jobs
@@ -172,6 +175,30 @@ function Fetcher:round()
   w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s) and the queue", #jobs, n)
   self:take(jobs)
   return #jobs, #jobs == n
+end
+
+-- With blocking tasks (tarry/worker/blocking.lua) a round is one fetch per kind of slot with room,
+-- { n =, tasks =, exclude = }: free threads take only jobs of blocking tasks, free slots only the
+-- others, so no job waits in `doing` for a thread.
+function Fetcher:blocking_round()
+  local w = self.w
+  local started, filled, kinds = 0, true, w.blocking:kinds(w.runner:free())
+  if #kinds == 0 then return 0, false end
+  for _, kind in ipairs(kinds) do
+    local ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, kind.n, kind.tasks, kind.exclude)
+    if not ok then return nil, jobs end
+    w.log:debugf("fetched", "fetched %d job(s) for %d free %s", #jobs, kind.n, kind.exclude and "slot(s)" or "thread(s)")
+    for _, job in ipairs(jobs) do w.runner:start(job) end
+    started, filled = started + #jobs, filled and #jobs == kind.n
+  end
+  return started, filled
+end
+
+-- No room for any job (a slot or the queue, or, with blocking tasks, a thread).
+function Fetcher:full()
+  local w = self.w
+  if w.blocking then return #w.blocking:kinds(w.runner:free()) == 0 end
+  return self:wanted() <= 0
 end
 
 -- SQLSTATEs of an object missing from the database: retrying cannot help, the worker stops.
@@ -277,7 +304,7 @@ function Fetcher:loop()
         elseif #self.queue > 0 and w.runner:free() <= 0 then
           self:wait(w.opts.prefetch_hold)                 -- a slot frees up, or give the queue back
           if not w.stopping then self:hand_back() end
-        elseif self:wanted() <= 0 or #self.queue > 0 or not w.opts.wait then
+        elseif self:full() or #self.queue > 0 or not w.opts.wait then
           self:wait()                                     -- a slot frees up (or a stop)
         else
           self:wait(w.opts.fetch_job_polling_interval)    -- a NOTIFY, a free slot, or time to poll

@@ -6,6 +6,7 @@
 -- @module tarry.worker.recorder
 local core = require "tarry.core"
 local Health = require "tarry.worker.health"
+local Errors = require "tarry.dashboard.errors"
 
 local Recorder = {}
 Recorder.__index = Recorder
@@ -53,6 +54,7 @@ function Recorder:taken(batch, ok, err)
   if #batch == 0 then return end
   if ok then
     self.batches = self.batches + 1
+    Errors.recorded(self.w, batch)
   elseif Health.is_connection_error(err) then
     for i = #batch, 1, -1 do table.insert(self.pending, 1, batch[i]) end
   else
@@ -93,6 +95,7 @@ function Recorder:write(batch)
   self.in_flight = #batch
   w.log:debugf("finish_batch", "recording %d job outcome(s) in one statement", #batch)
   local ok, err = pcall(self.finish, self, batch)
+  if ok then Errors.recorded(w, batch) end          -- the failures' messages, for the dashboard
   if not ok and not Health.is_connection_error(err) and #batch > 1 then
     self:write_one_by_one(batch)          -- one bad id must not hold the others back
     ok = true
