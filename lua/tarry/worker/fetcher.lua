@@ -172,7 +172,12 @@ function Fetcher:round()
     ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, n)
   end
   if not ok then return nil, jobs end
-  w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s) and the queue", #jobs, n)
+  local free = w.runner:free()
+  if n > free then
+    w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s) and %d to queue", #jobs, free, n - free)
+  else
+    w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s)", #jobs, n)
+  end
   self:take(jobs)
   return #jobs, #jobs == n
 end
