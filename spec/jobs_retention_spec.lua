@@ -49,6 +49,20 @@ describe("app.jobs:delete_old", function()
     assert.are.same({ old_cancelled }, left(t.name))
   end)
 
+  it("deletes the kept errors (tarry_job_errors_v1) of deleted jobs once they are older than max_hours", function()
+    local old_failed = finished(t.name, "failed", 100)
+    local kept_failed = finished(t.name, "failed", 1)
+    for _, id in ipairs{ old_failed, kept_failed } do
+      db.psql(t.name, "INSERT INTO tarry_job_errors_v1 (job_id, attempt, message, at) VALUES (" .. id
+        .. ", 1, 'boom', now() - interval '100 hours')")
+    end
+    db.psql(t.name, "INSERT INTO tarry_job_errors_v1 (job_id, attempt, message) VALUES (" .. kept_failed .. ", 2, 'new')")
+    assert.are.equal(1, t.app.jobs:delete_old{ max_hours = 72, statuses = { "failed" } })
+    assert.are.same({ kept_failed }, left(t.name))
+    assert.are.equal(0, W.count(t.name, "FROM tarry_job_errors_v1 WHERE job_id = " .. old_failed))
+    assert.are.equal(2, W.count(t.name, "FROM tarry_job_errors_v1 WHERE job_id = " .. kept_failed))
+  end)
+
   it("keeps waiting and running jobs, jobs without events, and counts a scheduled event at its time", function()
     local todo = finished(t.name, "succeeded", 100)
     db.psql(t.name, "UPDATE procrastinate_jobs SET status = 'todo' WHERE id = " .. todo)   -- a manual edit

@@ -376,7 +376,9 @@ end
 PgJobs.DELETE_OLD = DELETE_OLD     -- the specs check its plan
 
 function PgJobs:delete_old(max_hours, queue, statuses)
-  return self.connector:execute(DELETE_OLD, max_hours, queue, statuses_literal(statuses))[1].n
+  local n = self.connector:execute(DELETE_OLD, max_hours, queue, statuses_literal(statuses))[1].n
+  require("tarry.dashboard.errors").prune(self.connector, max_hours)   -- their kept errors go too
+  return n
 end
 
 function PgJobs:defer_periodic(job, periodic_id, tick)

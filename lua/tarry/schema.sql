@@ -948,7 +948,8 @@ $$;
 -- recorded the outcome (tarry/dashboard/errors.lua), shown in a job's detail.  Procrastinate's
 -- tables have no room for it.  One row per attempt.  No foreign key (procrastinate_jobs stays
 -- truncatable, and its deletes pay nothing): the dashboard deletes a job's errors with the job,
--- and a job deleted elsewhere leaves rows that no job id will ever match again (ids are not reused).
+-- a job deleted elsewhere leaves rows that no job id will ever match again (ids are not reused),
+-- and retention (app.jobs:delete_old, remove_old_jobs) deletes those once they are old enough.
 CREATE TABLE tarry_job_errors_v1 (
     job_id bigint NOT NULL,
     attempt integer NOT NULL,

@@ -81,4 +81,13 @@ function M.forget(connector, ids_literal)
   end
 end
 
+--- Retention's part (PgJobs:delete_old): delete the errors older than max_hours whose job is gone
+-- (deleted by retention, the dashboard, or another tool), when the table exists.
+function M.prune(connector, max_hours)
+  if connector:execute("SELECT to_regclass('tarry_job_errors_v1') IS NOT NULL AS present")[1].present then
+    connector:execute([[DELETE FROM tarry_job_errors_v1 AS e WHERE e.at < now() - $1::float8 * interval '1 hour'
+      AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j WHERE j.id = e.job_id)]], max_hours)
+  end
+end
+
 return M
