@@ -276,7 +276,7 @@ static int app_defer_jobs(lua_State *L)
     json_t *batch;
     char *text;
     const char *params[1];
-    tarry_query q = { DEFER_SQL, 1, params, TARRY_RESULT_IDS };
+    tarry_query q = { DEFER_SQL, 1, params, TARRY_RESULT_IDS, 0, 1 };
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
     lua_getiuservalue(L, app, 2);
@@ -291,6 +291,7 @@ static int app_defer_jobs(lua_State *L)
     lua_pushstring(L, text);
     free(text);
     params[0] = lua_tostring(L, -1);
+    q.rows = (int)luaL_len(L, 2);
     return tarry_connector_query(L, conn, &q);
 }
 

@@ -26,6 +26,7 @@ typedef struct aconn {
     apool *pool;
     PGconn *pg;
     int state;
+    int defer;                   /* its query is a defer (counted in pool.defers_in_flight) */
     areq *req;
     struct aconn *next;
 } aconn;
@@ -40,6 +41,10 @@ struct areq {
     PGresult *res;
     int submitting;              /* failed before the coroutine parked: error kept here */
     char *early_error;
+    int rows;                    /* > 0: a defer of that many jobs (see coalescing below) */
+    int prepare;
+    int solo;                    /* a defer that must go alone (its coalesced batch failed) */
+    areq *members;               /* a coalesced batch: the callers' requests, in order */
     areq *next;
 };
 
@@ -52,6 +57,7 @@ struct apool {
     int nconns, nconnecting;
     areq *qhead, *qtail;
     int nqueued;
+    int defers_in_flight;
     int in_callback, closed;     /* freed once closed and out of callbacks */
 };
 
@@ -70,6 +76,7 @@ static void dispatch(apool *p);
 
 static void req_free(areq *r)
 {
+    while (r->members) { areq *m = r->members; r->members = m->next; req_free(m); }
     free(r->early_error);
     for (int i = 0; i < r->nparams; i++) free(r->params[i]);
     free(r->params);
@@ -85,6 +92,8 @@ static areq *req_new(apool *p, tarry_co *h, const tarry_query *q)
     r->h = h;
     r->pool = p;
     r->kind = q->kind;
+    r->rows = q->rows;
+    r->prepare = q->prepare;
     r->nparams = q->nparams;
     r->sql = strdup(q->sql);
     r->params = calloc((size_t)(q->nparams + 1), sizeof *r->params);
@@ -95,10 +104,13 @@ static areq *req_new(apool *p, tarry_co *h, const tarry_query *q)
 }
 
 
+static void deliver_batch(areq *g, const char *conn_error);
+
 /* Hand the outcome to the parked coroutine and resume it. conn may be NULL. */
 static void req_deliver(areq *r, PGconn *conn, const char *conn_error)
 {
     tarry_co *h = r->h;
+    if (r->members) { deliver_batch(r, conn_error); return; }
     if (r->submitting) {          /* the caller has not parked yet: it raises this itself */
         r->early_error = strdup(conn_error ? conn_error : "query failed");
         return;
@@ -147,6 +159,176 @@ static void queue_remove(apool *p, areq *r)
     }
 }
 
+static void queue_push_front(apool *p, areq *r)
+{
+    r->next = p->qhead;
+    p->qhead = r;
+    if (!p->qtail) p->qtail = r;
+    p->nqueued++;
+}
+
+/* ---- coalescing defers ----
+ * A defer's one parameter is a JSON array of jobs, and one statement inserts any number of them
+ * (app.c). While a defer statement is in flight, the defers that arrive wait in the queue; when
+ * it completes, the waiting ones go together as one statement (their arrays joined), so many
+ * coroutines deferring at once pay one round trip and one commit per batch instead of one each.
+ * Each caller gets its own slice of the ids. A batch the database refuses (a queueing lock
+ * taken, by another job or by a member of the same batch) is all or nothing: its members are
+ * queued again, each to go alone, so that each gets its own outcome, as if never coalesced. */
+#define DEFERS_IN_FLIGHT 2          /* defer statements a pool sends at once; the others wait */
+#define BATCH_MAX_ROWS 1000
+#define BATCH_MAX_BYTES (1024 * 1024)
+
+/* Push rows [first, first + n) of res's one column of ids as an array.  [-0, +1, m] */
+static void push_id_slice(lua_State *L, const PGresult *res, int first, int n)
+{
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(res, first + i, 0), NULL, 10));
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+static int coalescable(const areq *r) { return r->rows > 0 && !r->solo; }
+
+/* Whether r may be sent now. */
+static int sendable(const apool *p, const areq *r)
+{
+    return !coalescable(r) || p->defers_in_flight < DEFERS_IN_FLIGHT;
+}
+
+/* The queued requests that would be sent now, counting a batch of defers as one. */
+static int nsendable(const apool *p)
+{
+    int n = 0, defers = 0;
+    for (const areq *r = p->qhead; r; r = r->next) {
+        if (!coalescable(r)) n++;
+        else defers = 1;
+    }
+    return n + (defers && p->defers_in_flight < DEFERS_IN_FLIGHT);
+}
+
+/* Move the defer at the head of the queue and the coalescable ones queued after it that fit
+   into the batch g, in order. Returns the bytes of their JSON arrays. */
+static size_t gather(apool *p, areq *g)
+{
+    areq *first = queue_pop(p), *prev = NULL, *it, *next, **tail = &g->members;
+    size_t bytes = strlen(first->params[0]);
+    int rows = first->rows;
+    *tail = first;
+    tail = &first->next;
+    for (it = p->qhead; it; it = next) {
+        size_t n;
+        next = it->next;
+        if (!coalescable(it) || strcmp(it->sql, first->sql) != 0) { prev = it; continue; }
+        n = strlen(it->params[0]);
+        if (rows + it->rows > BATCH_MAX_ROWS || bytes + n > BATCH_MAX_BYTES) break;
+        if (prev) prev->next = next; else p->qhead = next;
+        if (p->qtail == it) p->qtail = prev;
+        p->nqueued--;
+        rows += it->rows;
+        bytes += n;
+        *tail = it;
+        tail = &it->next;
+    }
+    *tail = NULL;
+    return bytes;
+}
+
+/* One JSON array of the members' arrays' elements ("[a,b]" + "[c]" -> "[a,b,c]"). */
+static char *joined_arrays(const areq *g, size_t bytes)
+{
+    char *out = malloc(bytes + 3), *w = out;
+    if (!out) return NULL;
+    *w++ = '[';
+    for (const areq *m = g->members; m; m = m->next) {
+        const char *a = m->params[0];
+        size_t n = strlen(a);
+        if (n <= 2) continue;                          /* "[]" */
+        if (w > out + 1) *w++ = ',';
+        memcpy(w, a + 1, n - 2);
+        w += n - 2;
+    }
+    *w++ = ']';
+    *w = 0;
+    return out;
+}
+
+/* The batch of the defer at the head of the queue and those queued after it: that defer alone
+   when none fits with it (or out of memory: the others then wait for a later turn). */
+static areq *make_batch(apool *p)
+{
+    areq *g = calloc(1, sizeof *g), *first;
+    size_t bytes;
+    if (!g) return queue_pop(p);
+    bytes = gather(p, g);
+    first = g->members;
+    g->pool = p;
+    g->kind = first->kind;
+    g->prepare = first->prepare;
+    g->nparams = 1;
+    g->sql = strdup(first->sql);
+    g->params = calloc(2, sizeof *g->params);
+    if (first->next && g->sql && g->params && (g->params[0] = joined_arrays(g, bytes))) {
+        for (areq *m = g->members; m; m = m->next) g->rows += m->rows;
+        return g;
+    }
+    while (first->next) { areq *m = first->next; first->next = m->next; queue_push(p, m); }
+    g->members = NULL;
+    req_free(g);
+    return first;
+}
+
+/* The first queued request that may go now, out of the queue. A defer is then the head of the
+   queue (the requests before a sendable defer are sendable too) and takes its batch along. */
+static areq *take_next(apool *p)
+{
+    areq *prev = NULL, *r;
+    for (r = p->qhead; r && !sendable(p, r); prev = r, r = r->next) {}
+    if (!r) return NULL;
+    if (coalescable(r)) return make_batch(p);
+    if (prev) prev->next = r->next; else p->qhead = r->next;
+    if (p->qtail == r) p->qtail = prev;
+    p->nqueued--;
+    r->next = NULL;
+    return r;
+}
+
+/* The batch g completed: each member gets its own ids; a refused batch sends them again, one
+   by one; a lost connection fails them all (as it fails a defer sent alone). */
+static void deliver_batch(areq *g, const char *conn_error)
+{
+    apool *p = g->pool;
+    areq *m, *rest = g->members;
+    int off = 0, ok = !conn_error && tarry_pg_result_ok(g->res) && PQntuples(g->res) == g->rows;
+    g->members = NULL;
+    if (!conn_error && !ok) {                 /* back to the queue's front, in order, each alone */
+        areq *rev = NULL;
+        while (rest) { m = rest; rest = m->next; m->next = rev; rev = m; }
+        while (rev) {
+            m = rev;
+            rev = m->next;
+            m->solo = 1;
+            if (m->h) queue_push_front(p, m); else req_free(m);     /* nobody waits for it */
+        }
+    }
+    while (rest) {
+        m = rest;
+        rest = m->next;
+        m->next = NULL;
+        if (conn_error) { req_deliver(m, NULL, conn_error); continue; }
+        if (m->h) {
+            lua_State *co = tarry_co_state(m->h);
+            lua_pushboolean(co, 1);
+            push_id_slice(co, g->res, off, m->rows);
+            tarry_rt_wake(m->h, 2);
+        }
+        off += m->rows;
+        req_free(m);
+    }
+    req_free(g);
+}
+
 static void fail_queue(apool *p, const char *msg)
 {
     areq *r;
@@ -163,10 +345,18 @@ static void watch(aconn *c, int events)
     ev_io_start(c->pool->loop, &c->io);
 }
 
+/* The connection's query is over (answered, or the connection goes). */
+static void conn_settle(aconn *c)
+{
+    if (c->defer) c->pool->defers_in_flight--;
+    c->defer = 0;
+}
+
 static void conn_destroy(aconn *c)
 {
     apool *p = c->pool;
     aconn **pp = &p->conns;
+    conn_settle(c);
     while (*pp && *pp != c) pp = &(*pp)->next;
     if (*pp) *pp = c->next;
     ev_io_stop(p->loop, &c->io);
@@ -204,6 +394,7 @@ static void conn_complete(aconn *c)
     areq *r = c->req;
     c->req = NULL;
     c->state = CONN_IDLE;
+    conn_settle(c);
     watch(c, 0);
     ev_timer_stop(c->pool->loop, &c->timer);
     req_deliver(r, c->pg, NULL);
@@ -232,10 +423,12 @@ static void conn_flush(aconn *c)
 
 static void conn_send(aconn *c, areq *r)
 {
-    tarry_query q = { r->sql, r->nparams, (const char *const *)r->params, r->kind };
+    tarry_query q = { r->sql, r->nparams, (const char *const *)r->params, r->kind, r->rows, r->prepare };
     apool *p = c->pool;
     c->state = CONN_BUSY;
     c->req = r;
+    c->defer = coalescable(r);
+    p->defers_in_flight += c->defer;
     if (p->query_timeout > 0) {
         ev_timer_set(&c->timer, p->query_timeout, 0.);
         ev_timer_start(p->loop, &c->timer);
@@ -345,9 +538,10 @@ static aconn *idle_conn(apool *p)
 static void dispatch(apool *p)
 {
     aconn *c;
+    areq *r;
     if (p->closed) return;
-    while (p->qhead && (c = idle_conn(p))) conn_send(c, queue_pop(p));
-    while (p->nqueued > p->nconnecting && p->nconns < p->max_size) {
+    while (nsendable(p) > 0 && (c = idle_conn(p)) && (r = take_next(p))) conn_send(c, r);
+    while (nsendable(p) > p->nconnecting && p->nconns < p->max_size) {
         int before = p->nconns;
         conn_start(p);
         if (p->nconns == before) break;
@@ -359,11 +553,24 @@ static void dispatch(apool *p)
    connection along, so its slot is free at once. As after any lost connection, the statement
    may still complete: PostgreSQL notices the client is gone when it next writes to it (or,
    with client_connection_check_interval, while the statement runs). */
+/* If r went out in a batch, it stays there without its coroutine (1). The batch goes on for
+   the others; r's jobs may still be inserted, as after a lost connection. */
+static int leave_batch(apool *p, areq *r)
+{
+    for (aconn *c = p->conns; c; c = c->next) {
+        if (!c->req) continue;
+        for (areq *m = c->req->members; m; m = m->next)
+            if (m == r) { r->h = NULL; return 1; }
+    }
+    return 0;
+}
+
 static void req_abandon(void *data)
 {
     areq *r = data;
     apool *p = r->pool;
     aconn *c = p->conns;
+    if (leave_batch(p, r)) return;
     while (c && c->req != r) c = c->next;
     if (!c) {
         queue_remove(p, r);
@@ -391,6 +598,15 @@ static void pool_leave(apool *p)
 }
 
 /* Close: pending requests get an error, connections go. Freed now or after the callback. */
+/* Free r (and its batch's members) without waking anyone: the runtime is going away. */
+static void req_forget(areq *r)
+{
+    if (r->h) tarry_co_forget_wait(r->h);
+    for (areq *m = r->members; m; m = m->next)
+        if (m->h) tarry_co_forget_wait(m->h);
+    req_free(r);
+}
+
 static void pool_close(apool *p, int wake)
 {
     p->closed = 1;
@@ -399,12 +615,12 @@ static void pool_close(apool *p, int wake)
         c->req = NULL;
         if (!r) continue;
         if (wake) req_deliver(r, NULL, "the connector was closed");
-        else { if (r->h) tarry_co_forget_wait(r->h); req_free(r); }
+        else req_forget(r);
     }
     while (p->qhead) {
         areq *r = queue_pop(p);
         if (wake) req_deliver(r, NULL, "the connector was closed");
-        else { if (r->h) tarry_co_forget_wait(r->h); req_free(r); }
+        else req_forget(r);
     }
     if (p->in_callback == 0) pool_free(p);
     else while (p->conns) conn_destroy(p->conns);
@@ -578,7 +794,7 @@ static int pgc_get_sync(lua_State *L)
 static int pgc_execute(lua_State *L)
 {
     const char *params[TARRY_MAX_PARAMS];
-    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS };
+    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS, 0, 0 };
     pgc_check(L, 1);
     q.nparams = tarry_pg_params(L, 3, lua_gettop(L), params);
     return tarry_connector_query(L, 1, &q);

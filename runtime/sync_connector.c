@@ -143,7 +143,7 @@ static int sync_execute(lua_State *L)
 {
     tarry_sync *s = tarry_sync_check(L, 1);
     const char *params[TARRY_MAX_PARAMS];
-    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS };
+    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS, 0, 0 };
     q.nparams = tarry_pg_params(L, 3, lua_gettop(L), params);
     return tarry_sync_query(L, s, &q);
 }

@@ -68,6 +68,9 @@ typedef struct tarry_query {
     int nparams;                  /* 0: sent as a simple query (several statements allowed) */
     const char *const *params;    /* NULL entries are SQL NULLs */
     tarry_result_kind kind;
+    int rows;                     /* > 0: a defer of `rows` jobs whose one parameter is a JSON array:
+                                     the async pool may send it with others as one statement */
+    int prepare;                  /* 1: a hot statement, prepared on each connection once */
 } tarry_query;
 #define TARRY_MAX_PARAMS 32
 /* Connect with a blocking call bounded by connect_timeout; NULL with a message in err on failure. */
