@@ -175,7 +175,7 @@ static void queue_push_front(apool *p, areq *r)
  * Each caller gets its own slice of the ids. A batch the database refuses (a queueing lock
  * taken, by another job or by a member of the same batch) is all or nothing: its members are
  * queued again, each to go alone, so that each gets its own outcome, as if never coalesced. */
-#define DEFERS_IN_FLIGHT 2          /* defer statements a pool sends at once; the others wait */
+#define DEFERS_IN_FLIGHT 1          /* defer statements a pool sends at once; the others wait */
 #define BATCH_MAX_ROWS 1000
 #define BATCH_MAX_BYTES (1024 * 1024)
 
@@ -729,14 +729,38 @@ static void close_sync(lua_State *L, int idx)
     lua_setiuservalue(L, idx, 2);
 }
 
-/* c:open() -> c. Connects min_size connections now (raises "connection" if it cannot) and
-   closes the sync connector: from now on tarry coroutines use the async pool. */
+/* Whether c:open's options table at 2 says wait = false. */
+static int open_waits(lua_State *L)
+{
+    int wait;
+    if (lua_isnoneornil(L, 2)) return 1;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    tarry_opt_check(L, 2, "PgConnector:open", (const char *const[]){ "wait", NULL });
+    wait = lua_getfield(L, 2, "wait") == LUA_TNIL || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return wait;
+}
+
+/* Open the pool without waiting: min_size connections start connecting in the loop. */
+static void open_nowait(lua_State *L, tarry_pgc *c, apool *p)
+{
+    c->pool = p;
+    for (int i = 0; i < c->min_size; i++) conn_start(p);
+    close_sync(L, 1);
+    lua_settop(L, 1);
+}
+
+/* c:open([{ wait = true }]) -> c. Connects min_size connections now (raises "connection" if it
+   cannot) and closes the sync connector: from now on tarry coroutines use the async pool.
+   wait = false: returns at once; the connections are made in the loop, and a failure to
+   connect reaches the queries that wait for them (defer_async opens the pool so).  [-(1|2), +1, e] */
 static int pgc_open(lua_State *L)
 {
     tarry_pgc *c = pgc_check(L, 1);
     tarry_rt *rt = tarry_rt_get(L);
     apool *p;
     char err[512];
+    int wait = open_waits(L);
     lua_settop(L, 1);
     if (c->pool) return 1;
     p = calloc(1, sizeof *p);
@@ -745,6 +769,7 @@ static int pgc_open(lua_State *L)
     p->max_size = c->max_size;
     p->connect_timeout = c->connect_timeout;
     p->query_timeout = c->query_timeout;
+    if (!wait) { open_nowait(L, c, p); return 1; }
     for (int i = 0; i < c->min_size; i++) {
         PGconn *pg = tarry_pg_connect(c->conninfo, c->connect_timeout, err, sizeof err);
         if (!pg) {
