@@ -27,6 +27,9 @@ typedef struct aconn {
     PGconn *pg;
     int state;
     int defer;                   /* its query is a defer (counted in pool.defers_in_flight) */
+    int preparing;               /* its query's statement is being prepared, as stmt */
+    char stmt[TARRY_STMT_NAME];
+    tarry_prepared prep;         /* the hot statements prepared on it */
     areq *req;
     struct aconn *next;
 } aconn;
@@ -53,10 +56,12 @@ struct apool {
     char *conninfo;
     int max_size, connect_timeout;
     double query_timeout;        /* seconds a sent query may wait for its answer; 0: for ever */
+    int prepared_statements;     /* 0: prepare nothing (a transaction-pooling PgBouncer) */
     aconn *conns;
     int nconns, nconnecting;
     areq *qhead, *qtail;
     int nqueued;
+    int ndefers_queued;          /* of those, defers that may be coalesced */
     int defers_in_flight;
     int in_callback, closed;     /* freed once closed and out of callbacks */
 };
@@ -66,6 +71,7 @@ typedef struct tarry_pgc {
     char *conninfo;
     int min_size, max_size, connect_timeout;
     double query_timeout;
+    int prepared_statements;
 } tarry_pgc;
 
 /* user values of the userdata: 1 the runtime anchor, 2 the sync connector (lazy) */
@@ -132,18 +138,27 @@ static void req_deliver(areq *r, PGconn *conn, const char *conn_error)
     req_free(r);
 }
 
+static int coalescable(const areq *r) { return r->rows > 0 && !r->solo; }
+
+/* r joins (d = 1) or leaves (d = -1) the queue. */
+static void queue_count(apool *p, const areq *r, int d)
+{
+    p->nqueued += d;
+    if (coalescable(r)) p->ndefers_queued += d;
+}
+
 static void queue_push(apool *p, areq *r)
 {
     r->next = NULL;
     if (p->qtail) p->qtail->next = r; else p->qhead = r;
     p->qtail = r;
-    p->nqueued++;
+    queue_count(p, r, 1);
 }
 
 static areq *queue_pop(apool *p)
 {
     areq *r = p->qhead;
-    if (r) { p->qhead = r->next; if (!p->qhead) p->qtail = NULL; r->next = NULL; p->nqueued--; }
+    if (r) { p->qhead = r->next; if (!p->qhead) p->qtail = NULL; r->next = NULL; queue_count(p, r, -1); }
     return r;
 }
 
@@ -154,7 +169,7 @@ static void queue_remove(apool *p, areq *r)
         if (it != r) continue;
         if (prev) prev->next = r->next; else p->qhead = r->next;
         if (p->qtail == r) p->qtail = prev;
-        p->nqueued--;
+        queue_count(p, r, -1);
         return;
     }
 }
@@ -164,7 +179,7 @@ static void queue_push_front(apool *p, areq *r)
     r->next = p->qhead;
     p->qhead = r;
     if (!p->qtail) p->qtail = r;
-    p->nqueued++;
+    queue_count(p, r, 1);
 }
 
 /* ---- coalescing defers ----
@@ -189,8 +204,6 @@ static void push_id_slice(lua_State *L, const PGresult *res, int first, int n)
     }
 }
 
-static int coalescable(const areq *r) { return r->rows > 0 && !r->solo; }
-
 /* Whether r may be sent now. */
 static int sendable(const apool *p, const areq *r)
 {
@@ -200,12 +213,8 @@ static int sendable(const apool *p, const areq *r)
 /* The queued requests that would be sent now, counting a batch of defers as one. */
 static int nsendable(const apool *p)
 {
-    int n = 0, defers = 0;
-    for (const areq *r = p->qhead; r; r = r->next) {
-        if (!coalescable(r)) n++;
-        else defers = 1;
-    }
-    return n + (defers && p->defers_in_flight < DEFERS_IN_FLIGHT);
+    int defers = p->ndefers_queued > 0 && p->defers_in_flight < DEFERS_IN_FLIGHT;
+    return p->nqueued - p->ndefers_queued + defers;
 }
 
 /* Move the defer at the head of the queue and the coalescable ones queued after it that fit
@@ -225,7 +234,7 @@ static size_t gather(apool *p, areq *g)
         if (rows + it->rows > BATCH_MAX_ROWS || bytes + n > BATCH_MAX_BYTES) break;
         if (prev) prev->next = next; else p->qhead = next;
         if (p->qtail == it) p->qtail = prev;
-        p->nqueued--;
+        queue_count(p, it, -1);
         rows += it->rows;
         bytes += n;
         *tail = it;
@@ -289,7 +298,7 @@ static areq *take_next(apool *p)
     if (coalescable(r)) return make_batch(p);
     if (prev) prev->next = r->next; else p->qhead = r->next;
     if (p->qtail == r) p->qtail = prev;
-    p->nqueued--;
+    queue_count(p, r, -1);
     r->next = NULL;
     return r;
 }
@@ -389,9 +398,44 @@ static void conn_fail(aconn *c, const char *why)
     conn_drop(c, msg);
 }
 
+static tarry_query req_query(const areq *r)
+{
+    tarry_query q = { r->sql, r->nparams, (const char *const *)r->params, r->kind, r->rows, r->prepare };
+    return q;
+}
+
+/* Send c's request: by name when its statement is prepared on c, else prepare it first when it
+   is hot (conn_complete then sends it), else as an unnamed statement. libpq's 1 or 0. */
+static int send_request(aconn *c)
+{
+    tarry_query q = req_query(c->req);
+    int plan = tarry_pg_plan(c->pool->prepared_statements ? &c->prep : NULL, &q, c->stmt);
+    c->preparing = plan == TARRY_SEND_PREPARE;
+    if (c->preparing) return tarry_pg_send_prepare(c->pg, c->stmt, &q);
+    return tarry_pg_send(c->pg, &q, plan == TARRY_SEND_PREPARED ? c->stmt : NULL);
+}
+
+static void conn_flush(aconn *c);
+
+/* The answer to a prepare came: 1 if the statement went out by name (or the connection
+   failed), 0 if the prepare failed (its error is the request's outcome). */
+static int send_prepared(aconn *c)
+{
+    tarry_query q = req_query(c->req);
+    c->preparing = 0;
+    if (!tarry_pg_result_ok(c->req->res)) return 0;
+    tarry_pg_prepared_add(&c->prep, c->stmt);
+    PQclear(c->req->res);
+    c->req->res = NULL;
+    if (!tarry_pg_send(c->pg, &q, c->stmt)) conn_fail(c, "cannot send to PostgreSQL");
+    else conn_flush(c);
+    return 1;
+}
+
 static void conn_complete(aconn *c)
 {
     areq *r = c->req;
+    if (c->preparing && send_prepared(c)) return;
     c->req = NULL;
     c->state = CONN_IDLE;
     conn_settle(c);
@@ -423,7 +467,6 @@ static void conn_flush(aconn *c)
 
 static void conn_send(aconn *c, areq *r)
 {
-    tarry_query q = { r->sql, r->nparams, (const char *const *)r->params, r->kind, r->rows, r->prepare };
     apool *p = c->pool;
     c->state = CONN_BUSY;
     c->req = r;
@@ -433,7 +476,7 @@ static void conn_send(aconn *c, areq *r)
         ev_timer_set(&c->timer, p->query_timeout, 0.);
         ev_timer_start(p->loop, &c->timer);
     }
-    if (!tarry_pg_send(c->pg, &q)) conn_fail(c, "cannot send to PostgreSQL");
+    if (!send_request(c)) conn_fail(c, "cannot send to PostgreSQL");
     else conn_flush(c);
 }
 
@@ -655,7 +698,8 @@ static tarry_sync *push_sync(lua_State *L, int idx)
     tarry_sync *s;
     if (lua_getiuservalue(L, idx, 2) == LUA_TUSERDATA) return tarry_sync_check(L, -1);
     lua_pop(L, 1);
-    s = tarry_sync_new(L, c->conninfo, 0, c->max_size, c->connect_timeout, c->query_timeout);
+    s = tarry_sync_new(L, c->conninfo, 0, c->max_size, c->connect_timeout, c->query_timeout,
+                       c->prepared_statements);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, idx < 0 ? idx - 2 : idx, 2);
     return s;
@@ -672,7 +716,8 @@ int tarry_connector_query(lua_State *L, int idx, const tarry_query *q)
             aconn *conn;
             if (h) return async_query(L, c->pool, h, q);
             if ((conn = idle_conn(c->pool))) {
-                int ok = tarry_pg_exec(L, conn->pg, q, c->query_timeout);
+                int ok = tarry_pg_exec(L, conn->pg, q, c->query_timeout,
+                                       c->prepared_statements ? &conn->prep : NULL);
                 if (PQstatus(conn->pg) != CONNECTION_OK || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
                     conn_destroy(conn);          /* broken, or late with its query in flight */
                 return ok ? 1 : lua_error(L);
@@ -691,9 +736,12 @@ int tarry_is_c_connector(lua_State *L, int idx)
     return luaL_testudata(L, idx, TARRY_PG_MT) || luaL_testudata(L, idx, TARRY_SYNC_MT);
 }
 
-/* tarry.PgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5, query_timeout=30 }
+/* tarry.PgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5, query_timeout=30,
+   prepared_statements=true }
    query_timeout: seconds a query may wait for its answer before its connection is dropped and
-   the caller gets a "connection" error (0: for ever).  [-1, +1, e] */
+   the caller gets a "connection" error (0: for ever). prepared_statements: tarry's hot
+   statements are prepared once per connection (false: none, for a transaction-pooling
+   PgBouncer).  [-1, +1, e] */
 static int pgc_new(lua_State *L)
 {
     tarry_pgc *c;
@@ -709,6 +757,7 @@ static int pgc_new(lua_State *L)
     c->max_size = tarry_opt_int(L, 1, "max_size", 10, 1);
     c->connect_timeout = tarry_opt_int(L, 1, "connect_timeout", 5, 1);
     c->query_timeout = tarry_opt_seconds(L, 1, "query_timeout", TARRY_QUERY_TIMEOUT);
+    c->prepared_statements = tarry_opt_bool(L, 1, "prepared_statements", 1);
     if (c->min_size > c->max_size) return luaL_error(L, "min_size is larger than max_size");
     c->conninfo = strdup(conninfo);
     if (!c->conninfo) return luaL_error(L, "out of memory");
@@ -769,6 +818,7 @@ static int pgc_open(lua_State *L)
     p->max_size = c->max_size;
     p->connect_timeout = c->connect_timeout;
     p->query_timeout = c->query_timeout;
+    p->prepared_statements = c->prepared_statements;
     if (!wait) { open_nowait(L, c, p); return 1; }
     for (int i = 0; i < c->min_size; i++) {
         PGconn *pg = tarry_pg_connect(c->conninfo, c->connect_timeout, err, sizeof err);
