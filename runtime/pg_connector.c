@@ -865,15 +865,20 @@ static int pgc_get_sync(lua_State *L)
     return 1;
 }
 
-/* c:execute(sql, ...) -> rows, by the call-time choice above. Raises an error object. */
-static int pgc_execute(lua_State *L)
+static int execute(lua_State *L, int prepare)
 {
     const char *params[TARRY_MAX_PARAMS];
-    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS, 0, 0 };
+    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS, 0, prepare };
     pgc_check(L, 1);
     q.nparams = tarry_pg_params(L, 3, lua_gettop(L), params);
     return tarry_connector_query(L, 1, &q);
 }
+
+/* c:execute(sql, ...) -> rows, by the call-time choice above. Raises an error object. */
+static int pgc_execute(lua_State *L) { return execute(L, 0); }
+/* c:execute_prepared(sql, ...) -> rows: as execute, for a statement run often (with parameters):
+   prepared once per connection unless prepared_statements = false. */
+static int pgc_execute_prepared(lua_State *L) { return execute(L, 1); }
 
 /* c:listen{ channel, ... } -> a tarry.Listener on its own connection (see listener.c); in a
    tarry coroutine, which parks while it connects.  [-2, +1, e] */
@@ -914,6 +919,7 @@ void tarry_pg_connector_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "open", pgc_open }, { "close", pgc_close }, { "execute", pgc_execute },
+        { "execute_prepared", pgc_execute_prepared },
         { "get_sync_connector", pgc_get_sync }, { "is_open", pgc_is_open }, { "listen", pgc_listen }, { NULL, NULL } };
     luaL_newmetatable(L, TARRY_PG_MT);
     luaL_newlib(L, methods);

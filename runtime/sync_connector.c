@@ -148,15 +148,20 @@ static int sync_close(lua_State *L)
     return 0;
 }
 
-/* c:execute(sql, ...) -> rows: each row a table by column name. Raises an error object. */
-static int sync_execute(lua_State *L)
+static int execute(lua_State *L, int prepare)
 {
     tarry_sync *s = tarry_sync_check(L, 1);
     const char *params[TARRY_MAX_PARAMS];
-    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS, 0, 0 };
+    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS, 0, prepare };
     q.nparams = tarry_pg_params(L, 3, lua_gettop(L), params);
     return tarry_sync_query(L, s, &q);
 }
+
+/* c:execute(sql, ...) -> rows: each row a table by column name. Raises an error object. */
+static int sync_execute(lua_State *L) { return execute(L, 0); }
+/* c:execute_prepared(sql, ...) -> rows: as execute, for a statement run often (with parameters):
+   prepared once per connection unless prepared_statements = false. */
+static int sync_execute_prepared(lua_State *L) { return execute(L, 1); }
 
 static int sync_self(lua_State *L)
 {
@@ -186,6 +191,7 @@ void tarry_sync_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "open", sync_open }, { "close", sync_close }, { "execute", sync_execute },
+        { "execute_prepared", sync_execute_prepared },
         { "get_sync_connector", sync_self }, { "listen", sync_needs_async }, { NULL, NULL } };
     luaL_newmetatable(L, TARRY_SYNC_MT);
     luaL_newlib(L, methods);

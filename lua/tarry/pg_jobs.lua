@@ -104,7 +104,7 @@ end
 --- Up to n jobs for this worker, in the protocol's order. queues: a list, or nil for all.
 function PgJobs:fetch(queues, worker_id, n)
   if queues ~= self.queues then self.queues, self.literal = queues, PgJobs.queues_literal(queues) end
-  return self.connector:execute(self.fetch_sql, self.literal, worker_id, n)
+  return self.connector:execute_prepared(self.fetch_sql, self.literal, worker_id, n)
 end
 
 --- outcomes: list of {id=, status=, delete=, retry_at=} in one statement.
@@ -114,7 +114,7 @@ function PgJobs:finish(outcomes)
   for i, o in ipairs(outcomes) do
     ids[i], statuses[i], dels[i], ats[i] = o.id, o.status or "failed", o.delete and "t" or "f", o.retry_at or false
   end
-  self.connector:execute(self.finish_sql, array_literal(ids, tostring), array_literal(statuses, tostring),
+  self.connector:execute_prepared(self.finish_sql, array_literal(ids, tostring), array_literal(statuses, tostring),
     array_literal(dels, tostring), array_literal(ats, function(v) return fmt_num(v or nil) end))
 end
 
