@@ -361,6 +361,12 @@ void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
     else redact_in_place(conninfo, out, outlen);   /* a dbname may be a conninfo with a password */
 }
 
+int tarry_prepared_default(void)
+{
+    const char *v = getenv("TARRY_PREPARED_STATEMENTS");
+    return !(v && (strcmp(v, "0") == 0 || strcmp(v, "false") == 0 || strcmp(v, "off") == 0));
+}
+
 int tarry_opt_bool(lua_State *L, int t, const char *name, int def)
 {
     int v = def, type = lua_getfield(L, t, name);

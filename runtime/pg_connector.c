@@ -757,7 +757,7 @@ static int pgc_new(lua_State *L)
     c->max_size = tarry_opt_int(L, 1, "max_size", 10, 1);
     c->connect_timeout = tarry_opt_int(L, 1, "connect_timeout", 5, 1);
     c->query_timeout = tarry_opt_seconds(L, 1, "query_timeout", TARRY_QUERY_TIMEOUT);
-    c->prepared_statements = tarry_opt_bool(L, 1, "prepared_statements", 1);
+    c->prepared_statements = tarry_opt_bool(L, 1, "prepared_statements", tarry_prepared_default());
     if (c->min_size > c->max_size) return luaL_error(L, "min_size is larger than max_size");
     c->conninfo = strdup(conninfo);
     if (!c->conninfo) return luaL_error(L, "out of memory");

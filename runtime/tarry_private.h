@@ -127,6 +127,9 @@ int tarry_pg_params(lua_State *L, int first, int last, const char **params);
 int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min);
 /* A boolean (def when absent). */
 int tarry_opt_bool(lua_State *L, int t, const char *name, int def);
+/* The default of prepared_statements: true unless TARRY_PREPARED_STATEMENTS is 0, false or off
+   (for a transaction-pooling PgBouncer in front of a CLI or an app that does not set it). */
+int tarry_prepared_default(void);
 const char *tarry_opt_conninfo(lua_State *L, int t);
 /* A number of seconds in [0, 1e6] (def when absent). */
 double tarry_opt_seconds(lua_State *L, int t, const char *name, double def);

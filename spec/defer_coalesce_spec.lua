@@ -208,6 +208,23 @@ describe("prepared statements", function()
     end
   end)
 
+  it("default to off with TARRY_PREPARED_STATEMENTS=0 (for the connectors the CLI makes)", function()
+    local cli = require "support.cli"
+    local script = cli.write_file(os.tmpname() .. ".lua", [[
+      local tarry = require "tarry"
+      local app = tarry.App{ connector = tarry.SyncPgConnector{ conninfo = os.getenv("TARRY_CONNINFO"), max_size = 1 } }
+      app:task("add", function() end)
+      app.tasks.add:defer{}
+      io.write(app.connector:execute("SELECT count(*) AS n FROM pg_prepared_statements")[1].n)
+    ]])
+    for env, want in pairs { ["0"] = "0", off = "0", ["1"] = "1" } do
+      local r = cli.run({ "run", script }, { TARRY_CONNINFO = db.conninfo(name), TARRY_PREPARED_STATEMENTS = env })
+      assert.are.equal(0, r.code, r.err)
+      assert.are.equal(want, r.out)
+    end
+    os.remove(script)
+  end)
+
   it("is an option of both connectors that must be a boolean", function()
     for _, kind in ipairs { "PgConnector", "SyncPgConnector" } do
       local ok, err = pcall(tarry[kind], { conninfo = "dbname=x", prepared_statements = "no" })
