@@ -190,7 +190,9 @@ static void queue_push_front(apool *p, areq *r)
  * Each caller gets its own slice of the ids. A batch the database refuses (a queueing lock
  * taken, by another job or by a member of the same batch) is all or nothing: its members are
  * queued again, each to go alone, so that each gets its own outcome, as if never coalesced. */
-#define DEFERS_IN_FLIGHT 1          /* defer statements a pool sends at once; the others wait */
+/* Defer statements a pool sends at once; the others wait. One made the largest batches and the
+   best rate with 10 coroutines deferring (about 18,000 jobs/s against 15,000 with two, here). */
+#define DEFERS_IN_FLIGHT 1
 #define BATCH_MAX_ROWS 1000
 #define BATCH_MAX_BYTES (1024 * 1024)
 
@@ -591,11 +593,6 @@ static void dispatch(apool *p)
     }
 }
 
-/* The parked coroutine stopped waiting (interrupted or cancelled; or the runtime is going
-   away, whose pools were closed before). A queued request is dropped; a sent one takes its
-   connection along, so its slot is free at once. As after any lost connection, the statement
-   may still complete: PostgreSQL notices the client is gone when it next writes to it (or,
-   with client_connection_check_interval, while the statement runs). */
 /* If r went out in a batch, it stays there without its coroutine (1). The batch goes on for
    the others; r's jobs may still be inserted, as after a lost connection. */
 static int leave_batch(apool *p, areq *r)
@@ -608,6 +605,11 @@ static int leave_batch(apool *p, areq *r)
     return 0;
 }
 
+/* The parked coroutine stopped waiting (interrupted or cancelled; or the runtime is going
+   away, whose pools were closed before). A queued request is dropped; a sent one takes its
+   connection along, so its slot is free at once. As after any lost connection, the statement
+   may still complete: PostgreSQL notices the client is gone when it next writes to it (or,
+   with client_connection_check_interval, while the statement runs). */
 static void req_abandon(void *data)
 {
     areq *r = data;
