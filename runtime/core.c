@@ -50,6 +50,7 @@ int tarry_open_core(lua_State *L)
     tarry_event_open(L);
     tarry_signals_open(L);
     tarry_listener_open(L);
+    tarry_threads_open(L);
     lua_pushcfunction(L, core_type);
     lua_setfield(L, -2, "type");
     lua_pushcfunction(L, core_newmetatable);

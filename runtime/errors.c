@@ -5,8 +5,6 @@
 
 #include "tarry_private.h"
 
-#define QUEUEING_LOCK_INDEX "procrastinate_jobs_queueing_lock_idx_v1"
-
 void tarry_push_error(lua_State *L, const char *code, const char *fmt, ...)
 {
     va_list ap;
@@ -35,24 +33,12 @@ static void set_field(lua_State *L, const char *name, const char *value)
     lua_setfield(L, -2, name);
 }
 
-static const char *code_of(const char *sqlstate, const char *constraint, PGconn *conn)
-{
-    if (!sqlstate) return "connection";
-    if (strcmp(sqlstate, "23505") == 0 && constraint && strcmp(constraint, QUEUEING_LOCK_INDEX) == 0)
-        return "already_enqueued";
-    /* 08P01 is a protocol violation (a wrong number of parameters, say) on a live connection. */
-    if (strcmp(sqlstate, "08P01") == 0 && !(conn && PQstatus(conn) == CONNECTION_BAD)) return "database";
-    if (strncmp(sqlstate, "08", 2) == 0 || strncmp(sqlstate, "57P0", 4) == 0) return "connection";
-    if (conn && PQstatus(conn) == CONNECTION_BAD) return "connection";
-    return "database";
-}
-
 void tarry_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res)
 {
     const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     const char *constraint = res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : NULL;
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    const char *code = code_of(sqlstate, constraint, conn);
+    const char *code = tarry_pg_error_code(sqlstate, constraint, conn);
     lua_createtable(L, 0, 6);
     lua_pushstring(L, code);
     lua_setfield(L, -2, "code");

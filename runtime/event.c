@@ -29,7 +29,7 @@ static void unlink_waiter(waiter *w)
 {
     if (w->prev) w->prev->next = w->next; else w->e->waiters = w->next;
     if (w->next) w->next->prev = w->prev;
-    ev_timer_stop(w->e->loop, &w->timer);
+    tarry_timer_stop(w->e->loop, &w->timer);
 }
 
 static void wake_waiter(waiter *w, int value)
@@ -81,7 +81,7 @@ static int event_wait(lua_State *L)
     if (w->next) w->next->prev = w;
     e->waiters = w;
     ev_timer_init(&w->timer, timeout_cb, timeout > 0 ? timeout : 0., 0.);
-    if (timeout >= 0) ev_timer_start(e->loop, &w->timer);
+    if (timeout >= 0) tarry_timer_start(e->loop, &w->timer);
     lua_settop(L, 0);
     return tarry_rt_park(L, h, waiter_cancel, w);
 }

@@ -48,7 +48,7 @@ static void io_stop(tarry_listener *l)
 {
     if (!ev_is_active(&l->io)) return;
     if (l->unrefd) { ev_ref(l->loop); l->unrefd = 0; }
-    ev_io_stop(l->loop, &l->io);
+    tarry_io_stop(l->loop, &l->io);
 }
 
 /* A caller now waits for the query in flight: the watcher keeps the loop running. */
@@ -62,16 +62,16 @@ static void io_watch(tarry_listener *l, int events)
     io_stop(l);
     if (!events || !l->pg) return;
     ev_io_set(&l->io, PQsocket(l->pg), events);
-    ev_io_start(l->loop, &l->io);
+    tarry_io_start(l->loop, &l->io);
     if (!l->op) { ev_unref(l->loop); l->unrefd = 1; }   /* listening alone keeps nothing running */
 }
 
 static void deadline_start(tarry_listener *l, double seconds)
 {
-    ev_timer_stop(l->loop, &l->deadline);
+    tarry_timer_stop(l->loop, &l->deadline);
     if (seconds <= 0) return;
     ev_timer_set(&l->deadline, seconds, 0.);
-    ev_timer_start(l->loop, &l->deadline);
+    tarry_timer_start(l->loop, &l->deadline);
 }
 
 /* ---- notifications ---- */
@@ -121,7 +121,7 @@ static void deliver(tarry_listener *l)
     lua_State *co;
     if (!h || (!l->head && !l->error[0])) return;
     l->waiter = NULL;
-    ev_timer_stop(l->loop, &l->timer);
+    tarry_timer_stop(l->loop, &l->timer);
     co = tarry_co_state(h);
     if (l->head) { lua_pushboolean(co, 1); push_note(co, l); }
     else { lua_pushboolean(co, 0); tarry_push_error(co, "connection", "%s", l->error); }
@@ -141,7 +141,7 @@ static void drop_self_ref(tarry_listener *l)
 static void finish_op(tarry_listener *l, const char *err)
 {
     tarry_co *h = l->op;
-    ev_timer_stop(l->loop, &l->deadline);
+    tarry_timer_stop(l->loop, &l->deadline);
     l->op = NULL;
     if (h) {
         lua_State *co = tarry_co_state(h);
@@ -176,7 +176,7 @@ static void mark_broken(tarry_listener *l, const char *why)
     }
     l->state = L_BROKEN;
     io_stop(l);
-    ev_timer_stop(l->loop, &l->deadline);
+    tarry_timer_stop(l->loop, &l->deadline);
     PQfinish(l->pg);
     l->pg = NULL;
     finish_op(l, l->error);
@@ -261,7 +261,7 @@ static void waiter_cancel(void *data)
 {
     tarry_listener *l = data;
     l->waiter = NULL;
-    ev_timer_stop(l->loop, &l->timer);
+    tarry_timer_stop(l->loop, &l->timer);
 }
 
 /* The op's coroutine went away: nobody to hand the listener to; the query still completes. */
@@ -293,7 +293,7 @@ static int listener_wait(lua_State *L)
     l->waiter = h;
     if (timeout >= 0) {
         ev_timer_set(&l->timer, timeout, 0.);
-        ev_timer_start(l->loop, &l->timer);
+        tarry_timer_start(l->loop, &l->timer);
     }
     lua_settop(L, 0);
     return tarry_rt_park(L, h, waiter_cancel, l);
@@ -322,8 +322,8 @@ static int listener_ping(lua_State *L)
 static void listener_free(tarry_listener *l)
 {
     io_stop(l);
-    ev_timer_stop(l->loop, &l->timer);
-    ev_timer_stop(l->loop, &l->deadline);
+    tarry_timer_stop(l->loop, &l->timer);
+    tarry_timer_stop(l->loop, &l->deadline);
     PQclear(l->res);
     l->res = NULL;
     PQfinish(l->pg);
@@ -347,7 +347,7 @@ static int listener_close(lua_State *L)
     if (l->waiter) {
         tarry_co *h = l->waiter;
         l->waiter = NULL;
-        ev_timer_stop(l->loop, &l->timer);
+        tarry_timer_stop(l->loop, &l->timer);
         lua_pushboolean(tarry_co_state(h), 0);
         tarry_push_error(tarry_co_state(h), "connection", "the listener was closed");
         tarry_rt_wake(h, 2);

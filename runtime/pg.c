@@ -10,86 +10,6 @@
 
 #include "tarry_private.h"
 
-/* tarry's defaults come first and the conninfo (expanded as dbname) last, so whatever the
-   user's conninfo sets wins. TCP keepalives find a peer that vanished without a FIN while the
-   connection is idle (about 25 s), tcp_user_timeout one that stopped acknowledging what we
-   sent; both are ignored on Unix sockets. A peer that acknowledges but never answers (a stuck
-   proxy) is what the per-query deadline (query_timeout) is for. */
-#define CONNECT_PARAMS 9
-static void connect_params(const char *conninfo, int timeout, const char **kw, const char **val,
-                           char *timeout_buf, size_t buflen)
-{
-    static const char *const fixed[][2] = {
-        { "fallback_application_name", "tarry" }, { "keepalives", "1" }, { "keepalives_idle", "10" },
-        { "keepalives_interval", "5" }, { "keepalives_count", "3" }, { "tcp_user_timeout", "30000" } };
-    int n = 0;
-    snprintf(timeout_buf, buflen, "%d", timeout > 0 ? timeout : 5);
-    kw[n] = "connect_timeout"; val[n++] = timeout_buf;
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) { kw[n] = fixed[i][0]; val[n++] = fixed[i][1]; }
-    kw[n] = "dbname"; val[n++] = conninfo;
-    kw[n] = NULL; val[n] = NULL;
-}
-
-PGconn *tarry_pg_connect(const char *conninfo, int connect_timeout, char *err, size_t errlen)
-{
-    const char *kw[CONNECT_PARAMS + 1], *val[CONNECT_PARAMS + 1];
-    char tbuf[16];
-    PGconn *conn;
-    connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
-    conn = PQconnectdbParams(kw, val, 1);
-    if (conn && PQstatus(conn) == CONNECTION_OK) {
-        tarry_pg_setup(conn);
-        PQsetnonblocking(conn, 1);       /* tarry_pg_exec waits with poll() and a deadline */
-        return conn;
-    }
-    tarry_pg_error(conn, conninfo, err, errlen);   /* one line, no password */
-    PQfinish(conn);
-    return NULL;
-}
-
-PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout)
-{
-    const char *kw[CONNECT_PARAMS + 1], *val[CONNECT_PARAMS + 1];
-    char tbuf[16];
-    PGconn *conn;
-    connect_params(conninfo, connect_timeout, kw, val, tbuf, sizeof tbuf);
-    conn = PQconnectStartParams(kw, val, 1);
-    if (conn) tarry_pg_setup(conn);
-    return conn;
-}
-
-/* Notices (and the FATAL a terminated idle backend sends) are not for the user's terminal. */
-static void quiet_notices(void *arg, const char *message)
-{
-    (void)arg; (void)message;
-}
-
-void tarry_pg_setup(PGconn *conn)
-{
-    PQsetNoticeProcessor(conn, quiet_notices, NULL);
-}
-
-/* An idle connection is usable if it is not in a transaction and the server has not closed it.
-   A terminated backend sends a FATAL message and then closes: after reading what is there
-   (libpq sockets never block), a peek that returns 0 bytes is the end of the stream. */
-int tarry_pg_idle_ok(PGconn *conn)
-{
-    char byte;
-    ssize_t n;
-    if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) return 0;
-    if (!PQconsumeInput(conn)) return 0;
-    n = recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return 0;
-    if (n > 0 && (!PQconsumeInput(conn) || recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0)) return 0;
-    return PQstatus(conn) == CONNECTION_OK;
-}
-
-int tarry_pg_result_ok(const PGresult *res)
-{
-    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY;
-}
-
 /* Push one field converted by its type: bool, integers, floats, json/jsonb, else text. A json
    value Lua cannot hold (an integer beyond 64 bits, ...) becomes an undecodable_json error object
    naming the place ("args.n: integer does not fit in 64 bits"): one such row fails neither the
@@ -142,37 +62,6 @@ void tarry_pg_push_result(lua_State *L, const PGresult *res, tarry_result_kind k
 {
     if (kind == TARRY_RESULT_IDS) push_ids(L, res);
     else push_rows(L, res);
-}
-
-double tarry_monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-void tarry_pg_message(char *out, size_t outlen, const char *msg)
-{
-    size_t n = 0;
-    for (const char *p = msg ? msg : ""; *p && n + 1 < outlen; p++) {
-        if (*p == '\n' || *p == '\t') {                  /* libpq's messages span lines */
-            if (n > 0 && out[n - 1] != ' ') out[n++] = ' ';
-        } else {
-            out[n++] = *p;
-        }
-    }
-    while (n > 0 && out[n - 1] == ' ') n--;
-    out[n] = 0;
-}
-
-void tarry_pg_keep_result(PGresult **kept, PGresult *res)
-{
-    if (!*kept || (tarry_pg_result_ok(*kept) && !tarry_pg_result_ok(res))) {
-        PQclear(*kept);
-        *kept = res;
-    } else {
-        PQclear(res);
-    }
 }
 
 int tarry_pg_send(PGconn *conn, const tarry_query *q, const char *name)

@@ -350,10 +350,10 @@ static void fail_queue(apool *p, const char *msg)
 
 static void watch(aconn *c, int events)
 {
-    ev_io_stop(c->pool->loop, &c->io);
+    tarry_io_stop(c->pool->loop, &c->io);
     if (!events) return;
     ev_io_set(&c->io, PQsocket(c->pg), events);
-    ev_io_start(c->pool->loop, &c->io);
+    tarry_io_start(c->pool->loop, &c->io);
 }
 
 /* The connection's query is over (answered, or the connection goes). */
@@ -370,8 +370,8 @@ static void conn_destroy(aconn *c)
     conn_settle(c);
     while (*pp && *pp != c) pp = &(*pp)->next;
     if (*pp) *pp = c->next;
-    ev_io_stop(p->loop, &c->io);
-    ev_timer_stop(p->loop, &c->timer);
+    tarry_io_stop(p->loop, &c->io);
+    tarry_timer_stop(p->loop, &c->timer);
     if (c->state == CONN_CONNECTING) p->nconnecting--;
     p->nconns--;
     PQfinish(c->pg);
@@ -442,7 +442,7 @@ static void conn_complete(aconn *c)
     c->state = CONN_IDLE;
     conn_settle(c);
     watch(c, 0);
-    ev_timer_stop(c->pool->loop, &c->timer);
+    tarry_timer_stop(c->pool->loop, &c->timer);
     req_deliver(r, c->pg, NULL);
     dispatch(c->pool);
 }
@@ -476,7 +476,7 @@ static void conn_send(aconn *c, areq *r)
     p->defers_in_flight += c->defer;
     if (p->query_timeout > 0) {
         ev_timer_set(&c->timer, p->query_timeout, 0.);
-        ev_timer_start(p->loop, &c->timer);
+        tarry_timer_start(p->loop, &c->timer);
     }
     if (!send_request(c)) conn_fail(c, "cannot send to PostgreSQL");
     else conn_flush(c);
@@ -488,7 +488,7 @@ static void connect_step(aconn *c)
     case PGRES_POLLING_READING: watch(c, EV_READ); break;
     case PGRES_POLLING_WRITING: watch(c, EV_WRITE); break;
     case PGRES_POLLING_OK:
-        ev_timer_stop(c->pool->loop, &c->timer);
+        tarry_timer_stop(c->pool->loop, &c->timer);
         watch(c, 0);
         c->state = CONN_IDLE;
         c->pool->nconnecting--;
@@ -563,7 +563,7 @@ static void conn_start(apool *p)
     c = conn_add(p, pg, CONN_CONNECTING);
     if (!c) return;
     p->nconnecting++;
-    ev_timer_start(p->loop, &c->timer);
+    tarry_timer_start(p->loop, &c->timer);
     watch(c, EV_WRITE);
 }
 

@@ -30,6 +30,8 @@ struct tarry_rt {
     ev_idle ready;          /* runs the ready queue without blocking the loop */
     tarry_co *ready_head, *ready_tail;
     int nready;
+    tarry_poll *poll;       /* the pollfd a host loop may watch (pollfd.c) */
+    long resumes;           /* coroutines resumed so far (step() returns its share) */
 };
 
 /* The handle userdata. User values: 1 the thread, 2 the outcome table, 3 the joiners,
@@ -84,6 +86,7 @@ static void ready_push(tarry_co *h)
     rt->ready_tail = h;
     rt->nready++;
     ev_idle_start(rt->loop, &rt->ready);
+    tarry_poll_ready(rt->poll);
 }
 
 static void ready_remove(tarry_co *h)
@@ -134,6 +137,7 @@ static int rt_gc(lua_State *L)
     lua_pop(L, 1);
     ev_idle_stop(rt->loop, &rt->ready);
     ev_loop_destroy(rt->loop);
+    tarry_poll_free(rt->poll);
     free(rt);
     *p = NULL;
     return 0;
@@ -146,7 +150,13 @@ static tarry_rt *rt_create(lua_State *L)
     *p = NULL;
     if (!rt) luaL_error(L, "out of memory");
     rt->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-    if (!rt->loop) { free(rt); luaL_error(L, "tarry: cannot create an event loop"); }
+    if (!rt->loop) { free(rt); luaL_error(L, "tarry: cannot create an event loop"); return NULL; }
+    if (!(rt->poll = tarry_poll_new(rt->loop))) {
+        ev_loop_destroy(rt->loop);
+        free(rt);
+        luaL_error(L, "tarry: cannot create an eventfd: %s", strerror(errno));
+        return NULL;
+    }
     ev_idle_init(&rt->ready, ready_cb);
     ev_set_priority(&rt->ready, EV_MAXPRI);   /* runs every iteration, however busy the loop */
     rt->ready.data = rt;
@@ -175,6 +185,8 @@ void tarry_rt_push_anchor(lua_State *L)
 }
 
 struct ev_loop *tarry_rt_loop(tarry_rt *rt) { return rt->loop; }
+tarry_poll *tarry_rt_poll(tarry_rt *rt) { return rt->poll; }
+int tarry_rt_has_ready(tarry_rt *rt) { return rt->ready_head != NULL; }
 lua_State *tarry_co_state(tarry_co *h) { return h->co; }
 
 /* ---- ownership ---- */
@@ -436,6 +448,7 @@ static void co_resume(tarry_co *h)
     h->waiting = 0;
     h->cancel = NULL;
     rt->current = h;
+    rt->resumes++;
     st = lua_resume(h->co, rt->L, nargs, &nres);
     rt->current = outer;
     if (st == LUA_YIELD) {
@@ -483,6 +496,7 @@ int tarry_rt_spawn(lua_State *L, int first)
 static void deadlock(lua_State *L, tarry_rt *rt)
 {
     rt->driving = 0;
+    tarry_poll_end(rt->poll, rt->ready_head != NULL);
     luaL_error(L, "tarry: %d coroutine(s) wait for an event that can never come (deadlock)", rt->alive);
 }
 
@@ -492,6 +506,7 @@ static void drive(lua_State *L, tarry_rt *rt, tarry_co *until)
     lua_State *prev = rt->L;
     rt->driving = 1;
     rt->L = L;
+    tarry_poll_begin(rt->poll, 0);
     while (until ? until->status == CO_RUNNING : rt->alive > 0) {
         /* libev does not block when no watcher is active and then returns 0 */
         if (!ev_run(rt->loop, EVRUN_ONCE) && (until ? until->status == CO_RUNNING : rt->alive > 0)) {
@@ -499,6 +514,7 @@ static void drive(lua_State *L, tarry_rt *rt, tarry_co *until)
             deadlock(L, rt);
         }
     }
+    tarry_poll_end(rt->poll, rt->ready_head != NULL);
     rt->driving = 0;
     rt->L = prev;
 }
@@ -525,6 +541,47 @@ static void raise_unseen(lua_State *L)
     lua_getiuservalue(L, -1, 2);
     lua_getfield(L, -1, "err");
     lua_error(L);
+}
+
+/* step(): at most this many loop iterations, each resuming what was ready as it began; so work
+   that a result or a finished coroutine makes ready runs in the same step, and a coroutine that
+   yields in a loop still cannot keep the host's frame. */
+#define STEP_ROUNDS 8
+
+static void step_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop; (void)t; (void)revents;
+}
+
+/* Block in libev until a watcher fires or timeout seconds pass. */
+static void step_wait(tarry_rt *rt, double timeout)
+{
+    ev_timer t;
+    ev_timer_init(&t, step_timer_cb, timeout, 0.);
+    tarry_timer_start(rt->loop, &t);
+    ev_run(rt->loop, EVRUN_ONCE);
+    tarry_timer_stop(rt->loop, &t);
+}
+
+int tarry_rt_step(lua_State *L, double timeout)
+{
+    tarry_rt *rt = tarry_rt_get(L);
+    lua_State *prev = rt->L;
+    long before = rt->resumes;
+    check_can_drive(L, rt, "step()");
+    rt->driving = 1;
+    rt->L = L;
+    tarry_poll_begin(rt->poll, 1);
+    if (timeout > 0 && !rt->ready_head) step_wait(rt, timeout);
+    for (int i = 0; i < STEP_ROUNDS; i++) {
+        ev_run(rt->loop, EVRUN_NOWAIT);
+        if (!rt->ready_head) break;
+    }
+    tarry_poll_end(rt->poll, rt->ready_head != NULL);
+    rt->driving = 0;
+    rt->L = prev;
+    raise_unseen(L);
+    return (int)(rt->resumes - before);
 }
 
 int tarry_rt_run(lua_State *L)
@@ -648,7 +705,7 @@ typedef struct sleep_wait {
 static void sleep_cancel(void *data)
 {
     sleep_wait *w = data;
-    ev_timer_stop(w->loop, &w->timer);
+    tarry_timer_stop(w->loop, &w->timer);
     free(w);
 }
 
@@ -657,7 +714,7 @@ static void sleep_cb(struct ev_loop *loop, ev_timer *t, int revents)
     sleep_wait *w = (sleep_wait *)t;
     tarry_co *h = w->h;
     (void)revents;
-    ev_timer_stop(loop, t);
+    tarry_timer_stop(loop, t);
     free(w);
     lua_pushboolean(h->co, 1);
     tarry_rt_wake(h, 1);
@@ -683,7 +740,7 @@ int tarry_rt_sleep(lua_State *L)
     w->h = h;
     w->loop = h->rt->loop;
     ev_timer_init(&w->timer, sleep_cb, s, 0.);
-    ev_timer_start(w->loop, &w->timer);
+    tarry_timer_start(w->loop, &w->timer);
     lua_settop(L, 0);
     return tarry_rt_park(L, h, sleep_cancel, w);
 }
@@ -708,6 +765,7 @@ void tarry_runtime_open(lua_State *L)
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
     luaL_setfuncs(L, funcs, 0);
+    tarry_poll_open(L);
     tarry_rt_get(L);    /* made first, so finalized last: after every object that uses its loop */
 }
 

@@ -54,6 +54,37 @@ int tarry_rt_sleep(lua_State *L);                  /* core.sleep(seconds) */
 double tarry_now(void);                            /* wall clock, seconds since the epoch */
 void tarry_runtime_open(lua_State *L);             /* registers tarry.Coroutine */
 
+/* Run what is ready (waiting at most timeout seconds for work when none is); never blocks with
+   0. Returns the number of coroutines resumed; raises the first unseen failure, as run().  [e] */
+int tarry_rt_step(lua_State *L, double timeout);
+/* 1 if coroutines wait in the ready queue. */
+int tarry_rt_has_ready(tarry_rt *rt);
+
+/* ---- pollfd.c: the runtime as one pollable fd (app:pollfd, app:timeout; rationale there) ----
+   Every ev_io and ev_timer tarry starts goes through these, never ev_io_start & co directly, so
+   that the pollfd and timeout() see it; a watcher is stopped through them before it is freed. */
+struct ev_loop;
+struct ev_io;
+struct ev_timer;
+struct ev_async;
+void tarry_io_start(struct ev_loop *loop, struct ev_io *w);
+void tarry_io_stop(struct ev_loop *loop, struct ev_io *w);
+void tarry_timer_start(struct ev_loop *loop, struct ev_timer *w);
+void tarry_timer_stop(struct ev_loop *loop, struct ev_timer *w);
+/* ev_async_send that also makes the pollfd readable: use it for every cross-thread wake-up.
+   Thread-safe, as ev_async_send. */
+void tarry_rt_async_send(struct ev_loop *loop, struct ev_async *w);
+typedef struct tarry_poll tarry_poll;
+tarry_poll *tarry_poll_new(struct ev_loop *loop);   /* NULL if out of memory or fds */
+void tarry_poll_free(tarry_poll *p);
+tarry_poll *tarry_rt_poll(tarry_rt *rt);
+int tarry_poll_fd(tarry_poll *p);                    /* -1 with errno on failure */
+double tarry_poll_next_timer(tarry_poll *p);         /* seconds, -1 for none */
+void tarry_poll_ready(tarry_poll *p);                /* a coroutine became ready */
+void tarry_poll_begin(tarry_poll *p, int drain);     /* a step (drain) or a drive begins */
+void tarry_poll_end(tarry_poll *p, int ready);       /* ... ends, coroutines still ready or not */
+void tarry_poll_open(lua_State *L);                  /* core.step, core.pollfd, core.timeout... */
+
 /* ---- errors.c: error objects {code=, message=, sqlstate=, constraint=} ---- */
 /* Push a new error object.  [-0, +1, m] */
 void tarry_push_error(lua_State *L, const char *code, const char *fmt, ...);
@@ -61,7 +92,7 @@ void tarry_push_error(lua_State *L, const char *code, const char *fmt, ...);
 void tarry_push_pg_error(lua_State *L, PGconn *conn, const PGresult *res);
 void tarry_errors_open(lua_State *L);
 
-/* ---- pg.c: libpq helpers shared by the connectors ---- */
+/* ---- pg.c: libpq helpers shared by the connectors; those without Lua live in pq.c ---- */
 typedef enum { TARRY_RESULT_ROWS, TARRY_RESULT_IDS } tarry_result_kind;
 typedef struct tarry_query {
     const char *sql;
@@ -112,6 +143,9 @@ void tarry_pg_message(char *out, size_t outlen, const char *msg);
 /* The default query deadline of tarry's connectors, in seconds. */
 #define TARRY_QUERY_TIMEOUT 30.0
 double tarry_monotonic(void);                       /* seconds, CLOCK_MONOTONIC */
+/* The error code of a failed query: already_enqueued, connection or database (sqlstate NULL:
+   no result from the server, a connection error). */
+const char *tarry_pg_error_code(const char *sqlstate, const char *constraint, PGconn *conn);
 /* A printable description of a conninfo, without its password. */
 void tarry_pg_describe(const char *conninfo, char *out, size_t outlen);
 /* ---- conninfo.c: no password of a conninfo in what tarry prints ---- */
@@ -169,5 +203,8 @@ int tarry_listen(lua_State *L);   /* core.listen(conninfo, channels, connect_tim
 
 /* ---- app.c ---- */
 void tarry_app_open(lua_State *L);
+
+/* ---- threads.c: tarry.ThreadPool, the threads of blocking task bodies ---- */
+void tarry_threads_open(lua_State *L);
 
 #endif

@@ -165,7 +165,7 @@ describe("task options", function()
   before_each(function() app = new_app() end)
 
   it("refuses an unknown option, listing the known ones", function()
-    assert.matches(HERE .. "app:task: unknown option 'queu' %(known: aliases, cron, lock, priority, queue, "
+    assert.matches(HERE .. "app:task: unknown option 'queu' %(known: aliases, blocking, cron, lock, priority, queue, "
       .. "queueing_lock, retry, timeout%)", error_of(function() app:task("t", { queu = "q" }, function() end) end))
   end)
 

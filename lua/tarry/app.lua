@@ -115,6 +115,24 @@ function M.install(methods)
     return lookup(registry(self), name)
   end
 
+  -- Driving tarry from a host's loop (runtime/pollfd.c): every app of a Lua state shares one loop.
+  --- app:pollfd() -> a file descriptor, readable whenever app:step() has work (watch it for "r").
+  methods.pollfd = core.app_pollfd
+  --- app:events() -> "r", what to watch the pollfd for (cqueues' name).
+  methods.events = core.app_events
+  --- app:timeout() -> seconds until tarry needs app:step() even if the pollfd stays quiet (0 when
+  -- coroutines are ready), or nil when only the pollfd can bring work.
+  methods.timeout = core.app_timeout
+  --- app:step([timeout]) -> coroutines resumed: runs what is ready, waiting at most timeout
+  -- seconds (default 0: never blocks) when nothing is; raises a spawned coroutine's unseen error.
+  methods.step = core.app_step
+
+  --- app:start_worker(opts) -> worker at once (w:stop(), w:stopped(), w:stats()); the host keeps
+  -- calling app:step(). Options: run_worker's, but signals stay the host's (see tarry/worker.lua).
+  function methods:start_worker(opts)
+    return require("tarry.worker").start(self, opts)
+  end
+
   methods.__fallback = function(app, key)
     if key == "tasks" then
       local proxy = tasks_proxy(app)

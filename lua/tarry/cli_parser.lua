@@ -169,6 +169,10 @@ local function define_worker(p, on_help)
   option(c, "worker", "-q --queues", "Comma-separated queues to take jobs from (default: every queue).",
     { argname = "Q1,Q2", convert = queue_list })
   option(c, "worker", "-c --concurrency", "Jobs run at once (default 1).", { argname = "N", convert = whole("--concurrency", 1) })
+  option(c, "worker", "--blocking-threads", "Threads for the bodies of blocking tasks (default: the number of "
+    .. "cores; 0 refuses an app with blocking tasks).", { argname = "N", convert = whole("--blocking-threads", 0) })
+  option(c, "worker", "--blocking-abort-hook", "Raise an abort or timeout inside a blocking task's pure-Lua "
+    .. "loops (an instruction hook; off by default).", { flag = true })
   option(c, "worker", "--one-shot", "Stop when no job is left to fetch.", { flag = true })
   option(c, "worker", "--name", "The worker's name in logs and ctx.worker_name (default worker).", { argname = "W" })
   option(c, "worker", "--no-listen-notify", "Do not LISTEN for new jobs; poll only.", { flag = true })

@@ -26,6 +26,8 @@ function M.run(cli, cmd)
     stalled_worker_timeout = cmd.stalled_worker_timeout, recover_stalled = not cmd.no_recover_stalled,
     periodic = not cmd.no_periodic, periodic_max_delay = cmd.periodic_max_delay,
     log_format = cmd.log_format, log_level = cmd.log_level,
+    blocking_threads = cmd.blocking_threads, app_file = cmd.app, app_conninfo = cmd.conninfo,
+    blocking_abort_hook = cmd.blocking_abort_hook or nil,
   }
   return 0
 end

@@ -11,12 +11,19 @@
 local core = require "tarry.core"
 local app_methods = require "tarry.app"
 local memory = require "tarry.memory"
+local host = require "tarry.host_connector"
 
 local tarry = {
   version = core.version,
   PgConnector = core.PgConnector,
   SyncPgConnector = core.SyncPgConnector,
   MemoryConnector = memory.new,
+  --- tarry.HostConnector{ execute = fn }: defer on the host's own connection, in its transaction
+  -- (tarry/host_connector.lua); tarry.HostConnector.luasql(conn) for a LuaSQL connection.
+  HostConnector = setmetatable({ luasql = host.luasql }, {
+    __call = function(_, opts) return host.new(opts) end,
+    __tostring = function() return "<tarry.HostConnector constructor: tarry.HostConnector{ execute = fn }, .luasql(conn)>" end,
+  }),
   --- Sleep `seconds`: parks only the current coroutine inside a tarry coroutine, blocks elsewhere.
   sleep = core.sleep,
   --- Wall-clock time in seconds since the epoch, with sub-second precision.
@@ -32,7 +39,7 @@ local tarry = {
   --- true when the calling code runs in a coroutine tarry owns (where defer yields).
   in_coroutine = core.in_coroutine,
   --- The tarry type of v by its metatable, as io.type does for files: "App", "PgConnector",
-  -- "SyncPgConnector", "MemoryConnector", "Job", ... or nil for anything else.
+  -- "SyncPgConnector", "MemoryConnector", "HostConnector", "Job", ... or nil for anything else.
   type = core.type,
 }
 

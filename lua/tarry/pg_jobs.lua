@@ -101,9 +101,44 @@ function PgJobs:heartbeat(worker_id)
   self.connector:execute("SELECT procrastinate_update_heartbeat_v1($1)", worker_id)
 end
 
+-- A fetch of some task names only (or all but them): for a worker with blocking tasks, which
+-- takes as many of those as it has threads free (tarry/worker/blocking.lua). The rules are
+-- tarry_fetch_jobs_v1's (eligibility, order, the lock rule over every task, SKIP LOCKED) with one
+-- more condition; a plain statement, so it also works on a schema applied by Procrastinate.
+local FILTERED_FETCH = [[
+WITH candidate AS (
+  SELECT job.id
+  FROM procrastinate_jobs AS job
+  WHERE job.status = 'todo'
+    AND ($1::varchar[] IS NULL OR job.queue_name = ANY ($1::varchar[]))
+    AND (job.scheduled_at IS NULL OR job.scheduled_at <= now())
+    AND ((job.task_name = ANY ($4::varchar[])) <> $5::boolean)
+    AND (job.lock IS NULL OR NOT EXISTS (
+          SELECT 1 FROM procrastinate_jobs AS other
+          WHERE other.lock = job.lock
+            AND (other.status = 'doing'
+                 OR (other.status = 'todo'
+                     AND (other.priority > job.priority OR (other.priority = job.priority AND other.id < job.id))))))
+  ORDER BY job.priority DESC, job.id ASC
+  LIMIT $3::integer
+  FOR UPDATE OF job SKIP LOCKED
+), taken AS (
+  UPDATE procrastinate_jobs AS job SET status = 'doing', worker_id = $2::bigint
+  FROM candidate WHERE job.id = candidate.id
+  RETURNING job.*
+)
+SELECT id, task_name, queue_name AS queue, priority, lock, queueing_lock, args, attempts,
+       extract(epoch FROM scheduled_at)::float8 AS scheduled_at
+FROM taken ORDER BY priority DESC, id ASC]]
+
 --- Up to n jobs for this worker, in the protocol's order. queues: a list, or nil for all.
-function PgJobs:fetch(queues, worker_id, n)
+-- tasks (optional): only jobs of these task names, or with `exclude` all but them.
+function PgJobs:fetch(queues, worker_id, n, tasks, exclude)
   if queues ~= self.queues then self.queues, self.literal = queues, PgJobs.queues_literal(queues) end
+  if tasks then
+    return self.connector:execute(FILTERED_FETCH, self.literal, worker_id, n, array_literal(tasks, quoted),
+      exclude and "true" or "false")
+  end
   return self.connector:execute_prepared(self.fetch_sql, self.literal, worker_id, n)
 end
 

@@ -20,6 +20,9 @@
 --   store:heartbeat(worker_id)
 --   store:fetch(queues, worker_id, n) -> job rows   up to n jobs, now `doing` for this worker;
 --                                                   queues: a list, or nil for every queue
+--   store:fetch(queues, worker_id, n, tasks, exclude)  PostgreSQL's store only (the worker asks it
+--                                 only there, for blocking tasks): only jobs of these task names,
+--                                 or with exclude all but them
 --   store:finish(outcomes)        outcomes: list of { id=, status=, delete=, retry_at= } (retry_at
 --                                 set: retried to todo at that time; else finished with status)
 --   store:listen(queues) -> listener or nil (nil: this store cannot notify, poll instead)

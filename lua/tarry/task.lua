@@ -10,7 +10,7 @@ local Task = { __name = "tarry.Task" }
 local Deferrer = { __name = "tarry.JobDeferrer" }
 
 local TASK_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
-  retry = true, aliases = true, cron = true, timeout = true }
+  retry = true, aliases = true, cron = true, timeout = true, blocking = true }
 local DEFER_OPTIONS = { queue = true, priority = true, lock = true, queueing_lock = true,
   schedule_in = true, schedule_at = true }
 
@@ -30,11 +30,15 @@ function Task.definition(name, opts, fn, level)
   if type(aliases) ~= "table" then error(what .. ": aliases must be a list of names", level + 1) end
   for _, a in ipairs(aliases) do options.check_name(a, what .. " alias", level + 1) end
   if opts.cron ~= nil then cron.parse(opts.cron, level + 1) end     -- a bad schedule raises here
+  if opts.blocking ~= nil and type(opts.blocking) ~= "boolean" then
+    error(string.format("%s: blocking must be a boolean, got %s", what, type(opts.blocking)), level + 1)
+  end
   return {
     name = name, fn = fn, queue = opts.queue or "default", priority = opts.priority or 0,
     lock = opts.lock, queueing_lock = opts.queueing_lock, aliases = aliases,
     retry = options.check_retry(opts.retry, what, level + 1), cron = opts.cron,
     timeout = options.check_timeout(opts.timeout, what, level + 1),
+    blocking = opts.blocking == true,      -- run on one of the worker's threads (tarry/worker/blocking.lua)
   }
 end
 

@@ -18,6 +18,7 @@ function Fetcher:wake() self.event:set() end
 -- One fetch: the number of jobs started and whether every free slot got one, or nil and the error.
 function Fetcher:round()
   local w = self.w
+  if w.blocking then return self:blocking_round() end
   local free = w.runner:free()
   if free <= 0 then return 0, false end
   local ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, free)
@@ -25,6 +26,29 @@ function Fetcher:round()
   w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s)", #jobs, free)
   for _, job in ipairs(jobs) do w.runner:start(job) end
   return #jobs, #jobs == free
+end
+
+-- With blocking tasks (tarry/worker/blocking.lua) a round is one fetch per kind of slot with room,
+-- { n =, tasks =, exclude = }: free threads take only jobs of blocking tasks, free slots only the
+-- others, so no job waits in `doing` for a thread.
+function Fetcher:blocking_round()
+  local w = self.w
+  local started, filled, kinds = 0, true, w.blocking:kinds(w.runner:free())
+  if #kinds == 0 then return 0, false end
+  for _, kind in ipairs(kinds) do
+    local ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, kind.n, kind.tasks, kind.exclude)
+    if not ok then return nil, jobs end
+    w.log:debugf("fetched", "fetched %d job(s) for %d free %s", #jobs, kind.n, kind.exclude and "slot(s)" or "thread(s)")
+    for _, job in ipairs(jobs) do w.runner:start(job) end
+    started, filled = started + #jobs, filled and #jobs == kind.n
+  end
+  return started, filled
+end
+
+-- No room for any job (a slot or, with blocking tasks, a thread).
+local function full(w)
+  if w.blocking then return #w.blocking:kinds(w.runner:free()) == 0 end
+  return w.runner:free() <= 0
 end
 
 -- SQLSTATEs of an object missing from the database: retrying cannot help, the worker stops.
@@ -69,7 +93,7 @@ function Fetcher:loop()
       w.health:ok()
       if not more then
         if not w.opts.wait and self:nothing_left(n, batches_before) then return end
-        if w.runner:free() <= 0 or not w.opts.wait then
+        if full(w) or not w.opts.wait then
           self.event:wait()                                     -- a slot frees up (or a stop)
         else
           self.event:wait(w.opts.fetch_job_polling_interval)    -- a NOTIFY, a free slot, or time to poll

@@ -31,33 +31,41 @@ M.SPEC = {
   recover_stalled = { true, is_bool, "a boolean" },
   periodic = { true, is_bool, "a boolean" },                          -- defer the app's periodic tasks
   periodic_max_delay = { Periodic.MAX_DELAY, seconds, "a number of seconds >= 0" },  -- catch-up limit
+  -- blocking task bodies (tarry/worker/blocking.lua): threads (nil: the number of cores), the file
+  -- each thread loads the app from (nil: run_worker's caller's), the conninfo its app then uses
+  blocking_threads = { nil, function(v) return math.type(v) == "integer" and v >= 0 and v <= 1024 end,
+    "an integer in [0, 1024]" },
+  app_file = { nil, function(v) return type(v) == "string" and #v > 0 end, "a non-empty string (a file name)" },
+  app_conninfo = { nil, function(v) return type(v) == "string" end, "a conninfo string" },
+  blocking_abort_hook = { false, is_bool, "a boolean" },   -- a count hook raises a stop in pure-Lua loops
 }
 
-local function check_queues(queues, level)
+local function check_queues(queues, level, who)
   for _, q in ipairs(queues) do
     if type(q) ~= "string" or #q == 0 or #q > 40 then
-      error("run_worker: queue names must be strings of 1 to 40 bytes", level)
+      error(who .. ": queue names must be strings of 1 to 40 bytes", level)
     end
   end
 end
 
---- The options with their defaults filled in; misuse raises at `level` (run_worker's caller).
-function M.check(o, level)
-  level = level + 1
+--- The options with their defaults filled in; misuse raises at `level` (the caller of `who`:
+-- "run_worker", the default, or "start_worker").
+function M.check(o, level, who)
+  level, who = level + 1, who or 'run_worker'
   if o == nil then o = {} end
-  if type(o) ~= "table" then error("run_worker: options must be a table", level) end
+  if type(o) ~= "table" then error(who .. ": options must be a table", level) end
   for k in pairs(o) do
-    if not M.SPEC[k] then error("run_worker: unknown option '" .. tostring(k) .. "'", level) end
+    if not M.SPEC[k] then error(who .. ": unknown option '" .. tostring(k) .. "'", level) end
   end
   local out = {}
   for k, spec in pairs(M.SPEC) do
     local v = o[k]
     if v == nil then v = spec[1]
-    elseif not spec[2](v) then error("run_worker: " .. k .. " must be " .. spec[3], level) end
+    elseif not spec[2](v) then error(who .. ": " .. k .. " must be " .. spec[3], level) end
     out[k] = v
   end
   if out.queues then
-    check_queues(out.queues, level)
+    check_queues(out.queues, level, who)
     if #out.queues == 0 then out.queues = nil end          -- every queue
   end
   return out

@@ -53,8 +53,11 @@ function Runner.new(w)
   }, Runner)
 end
 
---- Slots free for more jobs.
-function Runner:free() return self.w.opts.concurrency - self.running end
+--- Slots free for more jobs (a blocking job takes a thread instead: tarry/worker/blocking.lua).
+function Runner:free()
+  local b = self.w.blocking
+  return self.w.opts.concurrency - self.running + (b and b.running or 0)
+end
 
 local function describe(job) return string.format("job %d %s", job.id, job.task_name) end
 Runner.describe = describe
@@ -79,6 +82,7 @@ end
 function Runner:stop(entry, reason)
   if entry.stop then return end
   entry.stop = reason
+  if entry.blocking then return self.w.blocking:stop(entry.job, reason) end   -- its thread sees the flag
   if not entry.shielded then entry.handle:interrupt(stop_error(entry)) end
 end
 
@@ -177,7 +181,9 @@ function Runner:run(entry)
         queue = job.queue, attempts = job.attempts })
     end
     if def.timeout then self:arm_timeout(entry, def.timeout) end
-    local ok, failure = xpcall(def.fn, on_error, job.args, self:context(entry))
+    local ok, failure
+    if entry.blocking then ok, failure = w.blocking:run(job, self:context(entry))
+    else ok, failure = xpcall(def.fn, on_error, job.args, self:context(entry)) end
     o, level, event, what = self:outcome(entry, ok, failure, def)
     if not ok and o.status ~= "aborted" then o.traceback = failure.traceback end
   end
@@ -198,6 +204,8 @@ function Runner:done(entry, outcome)
   self.jobs[id] = nil
   if entry.timer then entry.timer:cancel() end
   self.running = self.running - 1
+  self.w:count(outcome)
+  if entry.blocking then self.w.blocking.running = self.w.blocking.running - 1 end
   self.w.recorder:add(outcome)
   self.w.fetcher:wake()
   self.w.progress:set()
@@ -206,6 +214,8 @@ end
 function Runner:start(job)
   self.running = self.running + 1
   local entry = { job = job, runner = self, turned = core.now() }
+  local b = self.w.blocking
+  if b and b:owns(job) then entry.blocking, b.running = true, b.running + 1 end
   self.jobs[job.id] = entry
   entry.handle = self.w.app:spawn(self.guarded_run, self, entry)
 end
