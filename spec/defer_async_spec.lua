@@ -171,6 +171,24 @@ describe("task:defer_async", function()
     app:close()
   end)
 
+  it("completes while a host loop calls app:step(0), which also runs the on_done callbacks", function()
+    local app = new_app(name)
+    local hs, done = {}, 0
+    for i = 1, 50 do
+      hs[i] = app.tasks.add:defer_async{ i = i }
+      hs[i]:on_done(function(id, err) assert(id and not err); done = done + 1 end)
+    end
+    local host_sleep = require("tarry.core").sleep
+    for _ = 1, 20000 do                                   -- a frame loop, bounded
+      app:step(0)
+      if done == 50 then break end
+      if app:timeout() ~= 0 then host_sleep(0.001) end   -- the host's own wait for the next frame
+    end
+    assert.are.equal(50, done)
+    for i = 1, 50 do assert.are.equal('{"i": ' .. i .. '}', job_args(name, hs[i].id)) end
+    app:close()
+  end)
+
   it("works on a MemoryConnector and a SyncPgConnector too", function()
     local mem = tarry.App{ connector = tarry.MemoryConnector() }
     mem:task("add", function() end)
