@@ -792,9 +792,11 @@ static int open_waits(lua_State *L)
     return wait;
 }
 
-/* Open the pool without waiting: min_size connections start connecting in the loop. */
+/* Open the pool without waiting: min_size connections start connecting in the loop. Called
+   outside the loop, whose clock may be long stale: the connect_timeout timers start from now. */
 static void open_nowait(lua_State *L, tarry_pgc *c, apool *p)
 {
+    ev_now_update(p->loop);
     c->pool = p;
     for (int i = 0; i < c->min_size; i++) conn_start(p);
     close_sync(L, 1);

@@ -43,6 +43,16 @@ describe("task:defer_async", function()
     app:close()
   end)
 
+  it("connects on its own even when tarry's loop last ran long ago (its connect_timeout counts from now)", function()
+    local app = new_app(name, { connect_timeout = 1 })
+    app:spawn(function() end)
+    app:run()                                             -- the loop's clock: now
+    tarry.sleep(1.5)                                      -- blocking: the loop's clock stays behind
+    local h = app.tasks.add:defer_async{ late = true }
+    assert.are.equal('{"late": true}', job_args(name, h:result()))
+    app:close()
+  end)
+
   it("completes many handles during app:run(), each with its own job, nothing lost", function()
     local app = new_app(name)
     local hs = {}
