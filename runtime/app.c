@@ -254,17 +254,34 @@ static int defer_through_lua(lua_State *L, int conn, json_t *batch)
     return 1;
 }
 
+/* Push the JSON text of the encoded batch (freed here), raising for args past the limit. */
+static void push_batch_text(lua_State *L, json_t *batch)
+{
+    char *text = tarry_json_dump(batch);
+    if (text && strlen(text) > MAX_ARGS_BYTES) check_args_sizes(L, batch, text);
+    json_decref(batch);
+    if (!text) luaL_error(L, "out of memory");
+    lua_pushstring(L, text);
+    free(text);
+}
+
+/* Insert the batch whose JSON text is at `text` (rows jobs) through the C connector at conn. */
+static int insert_text(lua_State *L, int conn, int text, int rows)
+{
+    const char *params[1] = { lua_tostring(L, text) };
+    tarry_query q = { DEFER_SQL, 1, params, TARRY_RESULT_IDS, rows, 1 };
+    return tarry_connector_query(L, conn, &q);
+}
+
 /* app:_defer_jobs(jobs) -> ids. jobs: an array of {task_name=, queue=, priority=, lock=,
    queueing_lock=, args=, scheduled_at=}. Inserted in one statement, ids in order. Raises an
    error object (code invalid_args, invalid_job, already_enqueued, connection, database).
-   Inside a tarry coroutine on an open PgConnector it yields that coroutine only.  [-2, +1, e] */
+   Inside a tarry coroutine on an open PgConnector it yields that coroutine only (and may share
+   its statement with other coroutines' defers: pg_connector.c).  [-2, +1, e] */
 static int app_defer_jobs(lua_State *L)
 {
     int app = app_check(L, 1), conn;
     json_t *batch;
-    char *text;
-    const char *params[1];
-    tarry_query q = { DEFER_SQL, 1, params, TARRY_RESULT_IDS };
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
     lua_getiuservalue(L, app, 2);
@@ -272,14 +289,37 @@ static int app_defer_jobs(lua_State *L)
     batch = encode_jobs(L, 2);
     if (luaL_len(L, 2) == 0) { json_decref(batch); lua_newtable(L); return 1; }
     if (!tarry_is_c_connector(L, conn)) return defer_through_lua(L, conn, batch);
-    text = tarry_json_dump(batch);
-    if (text && strlen(text) > MAX_ARGS_BYTES) check_args_sizes(L, batch, text);
+    push_batch_text(L, batch);
+    return insert_text(L, conn, lua_gettop(L), (int)luaL_len(L, 2));
+}
+
+/* app:_encode_jobs(jobs) -> text | false: validates jobs as _defer_jobs does (raising the same
+   error objects) without inserting them. For a C connector, the JSON text to give
+   _insert_jobs; for a connector written in Lua, false (insert them with _defer_jobs).  [-2, +1, e] */
+static int app_encode_jobs(lua_State *L)
+{
+    int app = app_check(L, 1);
+    json_t *batch;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    lua_getiuservalue(L, app, 2);
+    batch = encode_jobs(L, 2);
+    if (tarry_is_c_connector(L, 3)) { push_batch_text(L, batch); return 1; }
     json_decref(batch);
-    if (!text) return luaL_error(L, "out of memory");
-    lua_pushstring(L, text);
-    free(text);
-    params[0] = lua_tostring(L, -1);
-    return tarry_connector_query(L, conn, &q);
+    lua_pushboolean(L, 0);
+    return 1;
+}
+
+/* app:_insert_jobs(text, n) -> ids: insert the n jobs of text (from _encode_jobs) as
+   _defer_jobs does.  [-3, +1, e] */
+static int app_insert_jobs(lua_State *L)
+{
+    int app = app_check(L, 1), rows = (int)luaL_checkinteger(L, 3);
+    luaL_checkstring(L, 2);
+    lua_settop(L, 2);
+    if (rows == 0) { lua_newtable(L); return 1; }
+    lua_getiuservalue(L, app, 2);
+    return insert_text(L, 3, 2, rows);
 }
 
 /* ---- the object ---- */
@@ -404,7 +444,8 @@ void tarry_app_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "with_connector", app_with_connector }, { "open", app_open }, { "close", app_close },
-        { "spawn", app_spawn }, { "run", app_run }, { "_defer_jobs", app_defer_jobs }, { NULL, NULL } };
+        { "spawn", app_spawn }, { "run", app_run }, { "_defer_jobs", app_defer_jobs },
+        { "_encode_jobs", app_encode_jobs }, { "_insert_jobs", app_insert_jobs }, { NULL, NULL } };
     luaL_newmetatable(L, TARRY_APP_MT);
     luaL_newlib(L, methods);
     lua_pushvalue(L, -1);

@@ -64,11 +64,46 @@ void tarry_pg_push_result(lua_State *L, const PGresult *res, tarry_result_kind k
     else push_rows(L, res);
 }
 
-int tarry_pg_send(PGconn *conn, const tarry_query *q)
+int tarry_pg_send(PGconn *conn, const tarry_query *q, const char *name)
 {
+    if (name) return PQsendQueryPrepared(conn, name, q->nparams, q->params, NULL, NULL, 0);
     return q->nparams > 0
         ? PQsendQueryParams(conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0)
         : PQsendQuery(conn, q->sql);
+}
+
+/* ---- prepared statements ----
+ * A hot statement (q->prepare) is prepared once per connection, named after a hash of its
+ * text, and then sent by name: PostgreSQL parses and plans it once per connection (a generic
+ * plan once it pays off) instead of once per call. Off (prep NULL): unnamed statements only,
+ * as a transaction-pooling PgBouncer needs. */
+
+static unsigned long long sql_hash(const char *sql)
+{
+    unsigned long long h = 14695981039346656037ULL;            /* FNV-1a, 64 bits */
+    for (const unsigned char *p = (const unsigned char *)sql; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+int tarry_pg_plan(const tarry_prepared *prep, const tarry_query *q, char name[TARRY_STMT_NAME])
+{
+    unsigned long long h;
+    if (!prep || !q->prepare || q->nparams == 0) return TARRY_SEND_PLAIN;
+    h = sql_hash(q->sql);
+    snprintf(name, TARRY_STMT_NAME, "tarry_%016llx", h);
+    for (int i = 0; i < prep->n; i++)
+        if (prep->hash[i] == h) return TARRY_SEND_PREPARED;
+    return prep->n < TARRY_MAX_PREPARED ? TARRY_SEND_PREPARE : TARRY_SEND_PLAIN;
+}
+
+void tarry_pg_prepared_add(tarry_prepared *prep, const char *name)
+{
+    if (prep->n < TARRY_MAX_PREPARED) prep->hash[prep->n++] = strtoull(name + 6, NULL, 16);
+}
+
+int tarry_pg_send_prepare(PGconn *conn, const char *name, const tarry_query *q)
+{
+    return PQsendPrepare(conn, name, q->sql, q->nparams, NULL);
 }
 
 /* Wait for the socket (POLLIN or POLLOUT) until the deadline (0: none): 1 ready, 0 late. */
@@ -87,15 +122,14 @@ static int wait_socket(PGconn *conn, short events, double deadline)
     }
 }
 
-/* Send q and collect its result, waiting at most `timeout` seconds (0: no limit). Returns the
-   result (the first error, else the last one), or NULL with the reason in err. A connection
-   left with a query in flight (late, broken) is no longer idle: its owner must drop it. */
-static PGresult *exec_deadline(PGconn *conn, const tarry_query *q, double timeout, char *err, size_t errlen)
+/* Collect the result of what was just sent, until deadline (0: none; timeout: its seconds, for
+   the message). Returns the result (the first error, else the last one), or NULL with the reason
+   in err. A connection left with a query in flight (late, broken) is no longer idle: its owner
+   must drop it. */
+static PGresult *collect(PGconn *conn, double deadline, double timeout, char *err, size_t errlen)
 {
-    double deadline = timeout > 0 ? tarry_monotonic() + timeout : 0;
     PGresult *kept = NULL, *res;
     int f;
-    if (!tarry_pg_send(conn, q)) { tarry_pg_message(err, errlen, PQerrorMessage(conn)); return NULL; }
     while ((f = PQflush(conn)) > 0)
         if (!wait_socket(conn, POLLIN | POLLOUT, deadline)) goto late;
     if (f < 0) { tarry_pg_message(err, errlen, PQerrorMessage(conn)); return NULL; }
@@ -117,10 +151,36 @@ late:
     return NULL;
 }
 
-int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q, double timeout)
+static PGresult *send_failed(PGconn *conn, char *err, size_t errlen)
+{
+    tarry_pg_message(err, errlen, PQerrorMessage(conn));
+    return NULL;
+}
+
+/* Send q (preparing it first when it is hot and new on conn) and collect its result, waiting at
+   most `timeout` seconds in all (0: no limit); as collect() returns. */
+static PGresult *exec_deadline(PGconn *conn, const tarry_query *q, double timeout, tarry_prepared *prep,
+                               char *err, size_t errlen)
+{
+    double deadline = timeout > 0 ? tarry_monotonic() + timeout : 0;
+    char name[TARRY_STMT_NAME];
+    int plan = tarry_pg_plan(prep, q, name);
+    if (plan == TARRY_SEND_PREPARE) {
+        PGresult *res;
+        if (!tarry_pg_send_prepare(conn, name, q)) return send_failed(conn, err, errlen);
+        res = collect(conn, deadline, timeout, err, errlen);
+        if (!res || !tarry_pg_result_ok(res)) return res;
+        PQclear(res);
+        tarry_pg_prepared_add(prep, name);
+    }
+    if (!tarry_pg_send(conn, q, plan == TARRY_SEND_PLAIN ? NULL : name)) return send_failed(conn, err, errlen);
+    return collect(conn, deadline, timeout, err, errlen);
+}
+
+int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q, double timeout, tarry_prepared *prep)
 {
     char err[512];
-    PGresult *res = exec_deadline(conn, q, timeout, err, sizeof err);
+    PGresult *res = exec_deadline(conn, q, timeout, prep, err, sizeof err);
     int ok = res && tarry_pg_result_ok(res);
     if (!res) tarry_push_error(L, "connection", "%s", err);
     else if (ok) tarry_pg_push_result(L, res, q->kind);
@@ -188,6 +248,23 @@ void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
     PQconninfoFree(opts);
     if (!used) snprintf(out, outlen, "(libpq defaults)");
     else redact_in_place(conninfo, out, outlen);   /* a dbname may be a conninfo with a password */
+}
+
+int tarry_prepared_default(void)
+{
+    const char *v = getenv("TARRY_PREPARED_STATEMENTS");
+    return !(v && (strcmp(v, "0") == 0 || strcmp(v, "false") == 0 || strcmp(v, "off") == 0));
+}
+
+int tarry_opt_bool(lua_State *L, int t, const char *name, int def)
+{
+    int v = def, type = lua_getfield(L, t, name);
+    if (type != LUA_TNIL) {
+        if (type != LUA_TBOOLEAN) luaL_error(L, "option '%s' must be true or false", name);
+        v = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
 }
 
 int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min)

@@ -26,6 +26,10 @@ typedef struct aconn {
     apool *pool;
     PGconn *pg;
     int state;
+    int defer;                   /* its query is a defer (counted in pool.defers_in_flight) */
+    int preparing;               /* its query's statement is being prepared, as stmt */
+    char stmt[TARRY_STMT_NAME];
+    tarry_prepared prep;         /* the hot statements prepared on it */
     areq *req;
     struct aconn *next;
 } aconn;
@@ -40,6 +44,10 @@ struct areq {
     PGresult *res;
     int submitting;              /* failed before the coroutine parked: error kept here */
     char *early_error;
+    int rows;                    /* > 0: a defer of that many jobs (see coalescing below) */
+    int prepare;
+    int solo;                    /* a defer that must go alone (its coalesced batch failed) */
+    areq *members;               /* a coalesced batch: the callers' requests, in order */
     areq *next;
 };
 
@@ -48,10 +56,13 @@ struct apool {
     char *conninfo;
     int max_size, connect_timeout;
     double query_timeout;        /* seconds a sent query may wait for its answer; 0: for ever */
+    int prepared_statements;     /* 0: prepare nothing (a transaction-pooling PgBouncer) */
     aconn *conns;
     int nconns, nconnecting;
     areq *qhead, *qtail;
     int nqueued;
+    int ndefers_queued;          /* of those, defers that may be coalesced */
+    int defers_in_flight;
     int in_callback, closed;     /* freed once closed and out of callbacks */
 };
 
@@ -60,6 +71,7 @@ typedef struct tarry_pgc {
     char *conninfo;
     int min_size, max_size, connect_timeout;
     double query_timeout;
+    int prepared_statements;
 } tarry_pgc;
 
 /* user values of the userdata: 1 the runtime anchor, 2 the sync connector (lazy) */
@@ -70,6 +82,7 @@ static void dispatch(apool *p);
 
 static void req_free(areq *r)
 {
+    while (r->members) { areq *m = r->members; r->members = m->next; req_free(m); }
     free(r->early_error);
     for (int i = 0; i < r->nparams; i++) free(r->params[i]);
     free(r->params);
@@ -85,6 +98,8 @@ static areq *req_new(apool *p, tarry_co *h, const tarry_query *q)
     r->h = h;
     r->pool = p;
     r->kind = q->kind;
+    r->rows = q->rows;
+    r->prepare = q->prepare;
     r->nparams = q->nparams;
     r->sql = strdup(q->sql);
     r->params = calloc((size_t)(q->nparams + 1), sizeof *r->params);
@@ -95,10 +110,13 @@ static areq *req_new(apool *p, tarry_co *h, const tarry_query *q)
 }
 
 
+static void deliver_batch(areq *g, const char *conn_error);
+
 /* Hand the outcome to the parked coroutine and resume it. conn may be NULL. */
 static void req_deliver(areq *r, PGconn *conn, const char *conn_error)
 {
     tarry_co *h = r->h;
+    if (r->members) { deliver_batch(r, conn_error); return; }
     if (r->submitting) {          /* the caller has not parked yet: it raises this itself */
         r->early_error = strdup(conn_error ? conn_error : "query failed");
         return;
@@ -120,18 +138,27 @@ static void req_deliver(areq *r, PGconn *conn, const char *conn_error)
     req_free(r);
 }
 
+static int coalescable(const areq *r) { return r->rows > 0 && !r->solo; }
+
+/* r joins (d = 1) or leaves (d = -1) the queue. */
+static void queue_count(apool *p, const areq *r, int d)
+{
+    p->nqueued += d;
+    if (coalescable(r)) p->ndefers_queued += d;
+}
+
 static void queue_push(apool *p, areq *r)
 {
     r->next = NULL;
     if (p->qtail) p->qtail->next = r; else p->qhead = r;
     p->qtail = r;
-    p->nqueued++;
+    queue_count(p, r, 1);
 }
 
 static areq *queue_pop(apool *p)
 {
     areq *r = p->qhead;
-    if (r) { p->qhead = r->next; if (!p->qhead) p->qtail = NULL; r->next = NULL; p->nqueued--; }
+    if (r) { p->qhead = r->next; if (!p->qhead) p->qtail = NULL; r->next = NULL; queue_count(p, r, -1); }
     return r;
 }
 
@@ -142,9 +169,175 @@ static void queue_remove(apool *p, areq *r)
         if (it != r) continue;
         if (prev) prev->next = r->next; else p->qhead = r->next;
         if (p->qtail == r) p->qtail = prev;
-        p->nqueued--;
+        queue_count(p, r, -1);
         return;
     }
+}
+
+static void queue_push_front(apool *p, areq *r)
+{
+    r->next = p->qhead;
+    p->qhead = r;
+    if (!p->qtail) p->qtail = r;
+    queue_count(p, r, 1);
+}
+
+/* ---- coalescing defers ----
+ * A defer's one parameter is a JSON array of jobs, and one statement inserts any number of them
+ * (app.c). While a defer statement is in flight, the defers that arrive wait in the queue; when
+ * it completes, the waiting ones go together as one statement (their arrays joined), so many
+ * coroutines deferring at once pay one round trip and one commit per batch instead of one each.
+ * Each caller gets its own slice of the ids. A batch the database refuses (a queueing lock
+ * taken, by another job or by a member of the same batch) is all or nothing: its members are
+ * queued again, each to go alone, so that each gets its own outcome, as if never coalesced. */
+/* Defer statements a pool sends at once; the others wait. One made the largest batches and the
+   best rate with 10 coroutines deferring (about 18,000 jobs/s against 15,000 with two, here). */
+#define DEFERS_IN_FLIGHT 1
+#define BATCH_MAX_ROWS 1000
+#define BATCH_MAX_BYTES (1024 * 1024)
+
+/* Push rows [first, first + n) of res's one column of ids as an array.  [-0, +1, m] */
+static void push_id_slice(lua_State *L, const PGresult *res, int first, int n)
+{
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(res, first + i, 0), NULL, 10));
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+/* Whether r may be sent now. */
+static int sendable(const apool *p, const areq *r)
+{
+    return !coalescable(r) || p->defers_in_flight < DEFERS_IN_FLIGHT;
+}
+
+/* The queued requests that would be sent now, counting a batch of defers as one. */
+static int nsendable(const apool *p)
+{
+    int defers = p->ndefers_queued > 0 && p->defers_in_flight < DEFERS_IN_FLIGHT;
+    return p->nqueued - p->ndefers_queued + defers;
+}
+
+/* Move the defer at the head of the queue and the coalescable ones queued after it that fit
+   into the batch g, in order. Returns the bytes of their JSON arrays. */
+static size_t gather(apool *p, areq *g)
+{
+    areq *first = queue_pop(p), *prev = NULL, *it, *next, **tail = &g->members;
+    size_t bytes = strlen(first->params[0]);
+    int rows = first->rows;
+    *tail = first;
+    tail = &first->next;
+    for (it = p->qhead; it; it = next) {
+        size_t n;
+        next = it->next;
+        if (!coalescable(it) || strcmp(it->sql, first->sql) != 0) { prev = it; continue; }
+        n = strlen(it->params[0]);
+        if (rows + it->rows > BATCH_MAX_ROWS || bytes + n > BATCH_MAX_BYTES) break;
+        if (prev) prev->next = next; else p->qhead = next;
+        if (p->qtail == it) p->qtail = prev;
+        queue_count(p, it, -1);
+        rows += it->rows;
+        bytes += n;
+        *tail = it;
+        tail = &it->next;
+    }
+    *tail = NULL;
+    return bytes;
+}
+
+/* One JSON array of the members' arrays' elements ("[a,b]" + "[c]" -> "[a,b,c]"). */
+static char *joined_arrays(const areq *g, size_t bytes)
+{
+    char *out = malloc(bytes + 3), *w = out;
+    if (!out) return NULL;
+    *w++ = '[';
+    for (const areq *m = g->members; m; m = m->next) {
+        const char *a = m->params[0];
+        size_t n = strlen(a);
+        if (n <= 2) continue;                          /* "[]" */
+        if (w > out + 1) *w++ = ',';
+        memcpy(w, a + 1, n - 2);
+        w += n - 2;
+    }
+    *w++ = ']';
+    *w = 0;
+    return out;
+}
+
+/* The batch of the defer at the head of the queue and those queued after it: that defer alone
+   when none fits with it (or out of memory: the others then wait for a later turn). */
+static areq *make_batch(apool *p)
+{
+    areq *g = calloc(1, sizeof *g), *first;
+    size_t bytes;
+    if (!g) return queue_pop(p);
+    bytes = gather(p, g);
+    first = g->members;
+    g->pool = p;
+    g->kind = first->kind;
+    g->prepare = first->prepare;
+    g->nparams = 1;
+    g->sql = strdup(first->sql);
+    g->params = calloc(2, sizeof *g->params);
+    if (first->next && g->sql && g->params && (g->params[0] = joined_arrays(g, bytes))) {
+        for (areq *m = g->members; m; m = m->next) g->rows += m->rows;
+        return g;
+    }
+    while (first->next) { areq *m = first->next; first->next = m->next; queue_push(p, m); }
+    g->members = NULL;
+    req_free(g);
+    return first;
+}
+
+/* The first queued request that may go now, out of the queue. A defer is then the head of the
+   queue (the requests before a sendable defer are sendable too) and takes its batch along. */
+static areq *take_next(apool *p)
+{
+    areq *prev = NULL, *r;
+    for (r = p->qhead; r && !sendable(p, r); prev = r, r = r->next) {}
+    if (!r) return NULL;
+    if (coalescable(r)) return make_batch(p);
+    if (prev) prev->next = r->next; else p->qhead = r->next;
+    if (p->qtail == r) p->qtail = prev;
+    queue_count(p, r, -1);
+    r->next = NULL;
+    return r;
+}
+
+/* The batch g completed: each member gets its own ids; a refused batch sends them again, one
+   by one; a lost connection fails them all (as it fails a defer sent alone). */
+static void deliver_batch(areq *g, const char *conn_error)
+{
+    apool *p = g->pool;
+    areq *m, *rest = g->members;
+    int off = 0, ok = !conn_error && tarry_pg_result_ok(g->res) && PQntuples(g->res) == g->rows;
+    g->members = NULL;
+    if (!conn_error && !ok) {                 /* back to the queue's front, in order, each alone */
+        areq *rev = NULL;
+        while (rest) { m = rest; rest = m->next; m->next = rev; rev = m; }
+        while (rev) {
+            m = rev;
+            rev = m->next;
+            m->solo = 1;
+            if (m->h) queue_push_front(p, m); else req_free(m);     /* nobody waits for it */
+        }
+    }
+    while (rest) {
+        m = rest;
+        rest = m->next;
+        m->next = NULL;
+        if (conn_error) { req_deliver(m, NULL, conn_error); continue; }
+        if (m->h) {
+            lua_State *co = tarry_co_state(m->h);
+            lua_pushboolean(co, 1);
+            push_id_slice(co, g->res, off, m->rows);
+            tarry_rt_wake(m->h, 2);
+        }
+        off += m->rows;
+        req_free(m);
+    }
+    req_free(g);
 }
 
 static void fail_queue(apool *p, const char *msg)
@@ -163,10 +356,18 @@ static void watch(aconn *c, int events)
     tarry_io_start(c->pool->loop, &c->io);
 }
 
+/* The connection's query is over (answered, or the connection goes). */
+static void conn_settle(aconn *c)
+{
+    if (c->defer) c->pool->defers_in_flight--;
+    c->defer = 0;
+}
+
 static void conn_destroy(aconn *c)
 {
     apool *p = c->pool;
     aconn **pp = &p->conns;
+    conn_settle(c);
     while (*pp && *pp != c) pp = &(*pp)->next;
     if (*pp) *pp = c->next;
     tarry_io_stop(p->loop, &c->io);
@@ -199,11 +400,47 @@ static void conn_fail(aconn *c, const char *why)
     conn_drop(c, msg);
 }
 
+static tarry_query req_query(const areq *r)
+{
+    tarry_query q = { r->sql, r->nparams, (const char *const *)r->params, r->kind, r->rows, r->prepare };
+    return q;
+}
+
+/* Send c's request: by name when its statement is prepared on c, else prepare it first when it
+   is hot (conn_complete then sends it), else as an unnamed statement. libpq's 1 or 0. */
+static int send_request(aconn *c)
+{
+    tarry_query q = req_query(c->req);
+    int plan = tarry_pg_plan(c->pool->prepared_statements ? &c->prep : NULL, &q, c->stmt);
+    c->preparing = plan == TARRY_SEND_PREPARE;
+    if (c->preparing) return tarry_pg_send_prepare(c->pg, c->stmt, &q);
+    return tarry_pg_send(c->pg, &q, plan == TARRY_SEND_PREPARED ? c->stmt : NULL);
+}
+
+static void conn_flush(aconn *c);
+
+/* The answer to a prepare came: 1 if the statement went out by name (or the connection
+   failed), 0 if the prepare failed (its error is the request's outcome). */
+static int send_prepared(aconn *c)
+{
+    tarry_query q = req_query(c->req);
+    c->preparing = 0;
+    if (!tarry_pg_result_ok(c->req->res)) return 0;
+    tarry_pg_prepared_add(&c->prep, c->stmt);
+    PQclear(c->req->res);
+    c->req->res = NULL;
+    if (!tarry_pg_send(c->pg, &q, c->stmt)) conn_fail(c, "cannot send to PostgreSQL");
+    else conn_flush(c);
+    return 1;
+}
+
 static void conn_complete(aconn *c)
 {
     areq *r = c->req;
+    if (c->preparing && send_prepared(c)) return;
     c->req = NULL;
     c->state = CONN_IDLE;
+    conn_settle(c);
     watch(c, 0);
     tarry_timer_stop(c->pool->loop, &c->timer);
     req_deliver(r, c->pg, NULL);
@@ -232,15 +469,16 @@ static void conn_flush(aconn *c)
 
 static void conn_send(aconn *c, areq *r)
 {
-    tarry_query q = { r->sql, r->nparams, (const char *const *)r->params, r->kind };
     apool *p = c->pool;
     c->state = CONN_BUSY;
     c->req = r;
+    c->defer = coalescable(r);
+    p->defers_in_flight += c->defer;
     if (p->query_timeout > 0) {
         ev_timer_set(&c->timer, p->query_timeout, 0.);
         tarry_timer_start(p->loop, &c->timer);
     }
-    if (!tarry_pg_send(c->pg, &q)) conn_fail(c, "cannot send to PostgreSQL");
+    if (!send_request(c)) conn_fail(c, "cannot send to PostgreSQL");
     else conn_flush(c);
 }
 
@@ -345,13 +583,26 @@ static aconn *idle_conn(apool *p)
 static void dispatch(apool *p)
 {
     aconn *c;
+    areq *r;
     if (p->closed) return;
-    while (p->qhead && (c = idle_conn(p))) conn_send(c, queue_pop(p));
-    while (p->nqueued > p->nconnecting && p->nconns < p->max_size) {
+    while (nsendable(p) > 0 && (c = idle_conn(p)) && (r = take_next(p))) conn_send(c, r);
+    while (nsendable(p) > p->nconnecting && p->nconns < p->max_size) {
         int before = p->nconns;
         conn_start(p);
         if (p->nconns == before) break;
     }
+}
+
+/* If r went out in a batch, it stays there without its coroutine (1). The batch goes on for
+   the others; r's jobs may still be inserted, as after a lost connection. */
+static int leave_batch(apool *p, areq *r)
+{
+    for (aconn *c = p->conns; c; c = c->next) {
+        if (!c->req) continue;
+        for (areq *m = c->req->members; m; m = m->next)
+            if (m == r) { r->h = NULL; return 1; }
+    }
+    return 0;
 }
 
 /* The parked coroutine stopped waiting (interrupted or cancelled; or the runtime is going
@@ -364,6 +615,7 @@ static void req_abandon(void *data)
     areq *r = data;
     apool *p = r->pool;
     aconn *c = p->conns;
+    if (leave_batch(p, r)) return;
     while (c && c->req != r) c = c->next;
     if (!c) {
         queue_remove(p, r);
@@ -391,6 +643,15 @@ static void pool_leave(apool *p)
 }
 
 /* Close: pending requests get an error, connections go. Freed now or after the callback. */
+/* Free r (and its batch's members) without waking anyone: the runtime is going away. */
+static void req_forget(areq *r)
+{
+    if (r->h) tarry_co_forget_wait(r->h);
+    for (areq *m = r->members; m; m = m->next)
+        if (m->h) tarry_co_forget_wait(m->h);
+    req_free(r);
+}
+
 static void pool_close(apool *p, int wake)
 {
     p->closed = 1;
@@ -399,12 +660,12 @@ static void pool_close(apool *p, int wake)
         c->req = NULL;
         if (!r) continue;
         if (wake) req_deliver(r, NULL, "the connector was closed");
-        else { if (r->h) tarry_co_forget_wait(r->h); req_free(r); }
+        else req_forget(r);
     }
     while (p->qhead) {
         areq *r = queue_pop(p);
         if (wake) req_deliver(r, NULL, "the connector was closed");
-        else { if (r->h) tarry_co_forget_wait(r->h); req_free(r); }
+        else req_forget(r);
     }
     if (p->in_callback == 0) pool_free(p);
     else while (p->conns) conn_destroy(p->conns);
@@ -439,7 +700,8 @@ static tarry_sync *push_sync(lua_State *L, int idx)
     tarry_sync *s;
     if (lua_getiuservalue(L, idx, 2) == LUA_TUSERDATA) return tarry_sync_check(L, -1);
     lua_pop(L, 1);
-    s = tarry_sync_new(L, c->conninfo, 0, c->max_size, c->connect_timeout, c->query_timeout);
+    s = tarry_sync_new(L, c->conninfo, 0, c->max_size, c->connect_timeout, c->query_timeout,
+                       c->prepared_statements);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, idx < 0 ? idx - 2 : idx, 2);
     return s;
@@ -456,7 +718,8 @@ int tarry_connector_query(lua_State *L, int idx, const tarry_query *q)
             aconn *conn;
             if (h) return async_query(L, c->pool, h, q);
             if ((conn = idle_conn(c->pool))) {
-                int ok = tarry_pg_exec(L, conn->pg, q, c->query_timeout);
+                int ok = tarry_pg_exec(L, conn->pg, q, c->query_timeout,
+                                       c->prepared_statements ? &conn->prep : NULL);
                 if (PQstatus(conn->pg) != CONNECTION_OK || PQtransactionStatus(conn->pg) != PQTRANS_IDLE)
                     conn_destroy(conn);          /* broken, or late with its query in flight */
                 return ok ? 1 : lua_error(L);
@@ -475,9 +738,12 @@ int tarry_is_c_connector(lua_State *L, int idx)
     return luaL_testudata(L, idx, TARRY_PG_MT) || luaL_testudata(L, idx, TARRY_SYNC_MT);
 }
 
-/* tarry.PgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5, query_timeout=30 }
+/* tarry.PgConnector{ conninfo=, min_size=1, max_size=10, connect_timeout=5, query_timeout=30,
+   prepared_statements=true }
    query_timeout: seconds a query may wait for its answer before its connection is dropped and
-   the caller gets a "connection" error (0: for ever).  [-1, +1, e] */
+   the caller gets a "connection" error (0: for ever). prepared_statements: tarry's hot
+   statements are prepared once per connection (false: none, for a transaction-pooling
+   PgBouncer).  [-1, +1, e] */
 static int pgc_new(lua_State *L)
 {
     tarry_pgc *c;
@@ -493,6 +759,7 @@ static int pgc_new(lua_State *L)
     c->max_size = tarry_opt_int(L, 1, "max_size", 10, 1);
     c->connect_timeout = tarry_opt_int(L, 1, "connect_timeout", 5, 1);
     c->query_timeout = tarry_opt_seconds(L, 1, "query_timeout", TARRY_QUERY_TIMEOUT);
+    c->prepared_statements = tarry_opt_bool(L, 1, "prepared_statements", tarry_prepared_default());
     if (c->min_size > c->max_size) return luaL_error(L, "min_size is larger than max_size");
     c->conninfo = strdup(conninfo);
     if (!c->conninfo) return luaL_error(L, "out of memory");
@@ -513,14 +780,40 @@ static void close_sync(lua_State *L, int idx)
     lua_setiuservalue(L, idx, 2);
 }
 
-/* c:open() -> c. Connects min_size connections now (raises "connection" if it cannot) and
-   closes the sync connector: from now on tarry coroutines use the async pool. */
+/* Whether c:open's options table at 2 says wait = false. */
+static int open_waits(lua_State *L)
+{
+    int wait;
+    if (lua_isnoneornil(L, 2)) return 1;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    tarry_opt_check(L, 2, "PgConnector:open", (const char *const[]){ "wait", NULL });
+    wait = lua_getfield(L, 2, "wait") == LUA_TNIL || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return wait;
+}
+
+/* Open the pool without waiting: min_size connections start connecting in the loop. Called
+   outside the loop, whose clock may be long stale: the connect_timeout timers start from now. */
+static void open_nowait(lua_State *L, tarry_pgc *c, apool *p)
+{
+    ev_now_update(p->loop);
+    c->pool = p;
+    for (int i = 0; i < c->min_size; i++) conn_start(p);
+    close_sync(L, 1);
+    lua_settop(L, 1);
+}
+
+/* c:open([{ wait = true }]) -> c. Connects min_size connections now (raises "connection" if it
+   cannot) and closes the sync connector: from now on tarry coroutines use the async pool.
+   wait = false: returns at once; the connections are made in the loop, and a failure to
+   connect reaches the queries that wait for them (defer_async opens the pool so).  [-(1|2), +1, e] */
 static int pgc_open(lua_State *L)
 {
     tarry_pgc *c = pgc_check(L, 1);
     tarry_rt *rt = tarry_rt_get(L);
     apool *p;
     char err[512];
+    int wait = open_waits(L);
     lua_settop(L, 1);
     if (c->pool) return 1;
     p = calloc(1, sizeof *p);
@@ -529,6 +822,8 @@ static int pgc_open(lua_State *L)
     p->max_size = c->max_size;
     p->connect_timeout = c->connect_timeout;
     p->query_timeout = c->query_timeout;
+    p->prepared_statements = c->prepared_statements;
+    if (!wait) { open_nowait(L, c, p); return 1; }
     for (int i = 0; i < c->min_size; i++) {
         PGconn *pg = tarry_pg_connect(c->conninfo, c->connect_timeout, err, sizeof err);
         if (!pg) {
@@ -574,15 +869,20 @@ static int pgc_get_sync(lua_State *L)
     return 1;
 }
 
-/* c:execute(sql, ...) -> rows, by the call-time choice above. Raises an error object. */
-static int pgc_execute(lua_State *L)
+static int execute(lua_State *L, int prepare)
 {
     const char *params[TARRY_MAX_PARAMS];
-    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS };
+    tarry_query q = { luaL_checkstring(L, 2), 0, params, TARRY_RESULT_ROWS, 0, prepare };
     pgc_check(L, 1);
     q.nparams = tarry_pg_params(L, 3, lua_gettop(L), params);
     return tarry_connector_query(L, 1, &q);
 }
+
+/* c:execute(sql, ...) -> rows, by the call-time choice above. Raises an error object. */
+static int pgc_execute(lua_State *L) { return execute(L, 0); }
+/* c:execute_prepared(sql, ...) -> rows: as execute, for a statement run often (with parameters):
+   prepared once per connection unless prepared_statements = false. */
+static int pgc_execute_prepared(lua_State *L) { return execute(L, 1); }
 
 /* c:listen{ channel, ... } -> a tarry.Listener on its own connection (see listener.c); in a
    tarry coroutine, which parks while it connects.  [-2, +1, e] */
@@ -623,6 +923,7 @@ void tarry_pg_connector_open(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         { "open", pgc_open }, { "close", pgc_close }, { "execute", pgc_execute },
+        { "execute_prepared", pgc_execute_prepared },
         { "get_sync_connector", pgc_get_sync }, { "is_open", pgc_is_open }, { "listen", pgc_listen }, { NULL, NULL } };
     luaL_newmetatable(L, TARRY_PG_MT);
     luaL_newlib(L, methods);

@@ -99,6 +99,9 @@ typedef struct tarry_query {
     int nparams;                  /* 0: sent as a simple query (several statements allowed) */
     const char *const *params;    /* NULL entries are SQL NULLs */
     tarry_result_kind kind;
+    int rows;                     /* > 0: a defer of `rows` jobs whose one parameter is a JSON array:
+                                     the async pool may send it with others as one statement */
+    int prepare;                  /* 1: a hot statement, prepared on each connection once */
 } tarry_query;
 #define TARRY_MAX_PARAMS 32
 /* Connect with a blocking call bounded by connect_timeout; NULL with a message in err on failure. */
@@ -112,12 +115,25 @@ int tarry_pg_idle_ok(PGconn *conn);
 /* Push a successful result as the query's kind asks (rows table or ids array).  [-0, +1, m] */
 void tarry_pg_push_result(lua_State *L, const PGresult *res, tarry_result_kind kind);
 int tarry_pg_result_ok(const PGresult *res);
+/* The hot statements prepared on one connection, by a hash of their text (pg.c). */
+#define TARRY_MAX_PREPARED 16
+#define TARRY_STMT_NAME 24
+typedef struct tarry_prepared { int n; unsigned long long hash[TARRY_MAX_PREPARED]; } tarry_prepared;
+enum { TARRY_SEND_PLAIN, TARRY_SEND_PREPARED, TARRY_SEND_PREPARE };
+/* How to send q on a connection with prep (NULL: prepared statements off): as an unnamed
+   statement, by the name written to name, or prepare name first (then tarry_pg_prepared_add). */
+int tarry_pg_plan(const tarry_prepared *prep, const tarry_query *q, char name[TARRY_STMT_NAME]);
+void tarry_pg_prepared_add(tarry_prepared *prep, const char *name);
+/* PQsendPrepare of q's text under name: libpq's 1 or 0. */
+int tarry_pg_send_prepare(PGconn *conn, const char *name, const tarry_query *q);
 /* Run q blocking on conn, waiting at most timeout seconds (0: no limit); push the result
    (return 1) or an error object (return 0). Late: a "connection" error, and conn keeps a query
-   in flight (PQtransactionStatus is not idle), so its owner drops it. */
-int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q, double timeout);
-/* Send q (PQsendQueryParams, or PQsendQuery when it has no parameters): libpq's 1 or 0. */
-int tarry_pg_send(PGconn *conn, const tarry_query *q);
+   in flight (PQtransactionStatus is not idle), so its owner drops it. prep: the statements
+   prepared on conn (NULL: prepare none). */
+int tarry_pg_exec(lua_State *L, PGconn *conn, const tarry_query *q, double timeout, tarry_prepared *prep);
+/* Send q (by name when it is prepared as name, else PQsendQueryParams, or PQsendQuery when it
+   has no parameters): libpq's 1 or 0. */
+int tarry_pg_send(PGconn *conn, const tarry_query *q, const char *name);
 /* Of a query's results keep the first error, else the last one (res is taken over). */
 void tarry_pg_keep_result(PGresult **kept, PGresult *res);
 /* A libpq message on one line: newlines folded into spaces, no trailing blanks. */
@@ -143,13 +159,19 @@ int tarry_pg_params(lua_State *L, int first, int last, const char **params);
 
 /* Connector options from the table at t: an integer in [min, 10000] (def when absent), the conninfo. */
 int tarry_opt_int(lua_State *L, int t, const char *name, int def, int min);
+/* A boolean (def when absent). */
+int tarry_opt_bool(lua_State *L, int t, const char *name, int def);
+/* The default of prepared_statements: true unless TARRY_PREPARED_STATEMENTS is 0, false or off
+   (for a transaction-pooling PgBouncer in front of a CLI or an app that does not set it). */
+int tarry_prepared_default(void);
 const char *tarry_opt_conninfo(lua_State *L, int t);
 /* A number of seconds in [0, 1e6] (def when absent). */
 double tarry_opt_seconds(lua_State *L, int t, const char *name, double def);
 /* Raise (blamed on the caller) for a key of the table at t that allowed (NULL-terminated) lacks. */
 void tarry_opt_check(lua_State *L, int t, const char *type, const char *const allowed[]);
 /* The options both C connectors accept (add new ones here). */
-#define TARRY_CONNECTOR_OPTIONS "conninfo", "min_size", "max_size", "connect_timeout", "query_timeout"
+#define TARRY_CONNECTOR_OPTIONS "conninfo", "min_size", "max_size", "connect_timeout", "query_timeout", \
+    "prepared_statements"
 
 /* ---- sync_connector.c ---- */
 typedef struct tarry_sync tarry_sync;
@@ -157,7 +179,7 @@ tarry_sync *tarry_sync_check(lua_State *L, int idx);
 tarry_sync *tarry_sync_test(lua_State *L, int idx);
 /* Push a new SyncPgConnector.  [-0, +1, e] */
 tarry_sync *tarry_sync_new(lua_State *L, const char *conninfo, int min_size, int max_size, int connect_timeout,
-                           double query_timeout);
+                           double query_timeout, int prepared_statements);
 /* Run q on a pooled blocking connection; pushes the result, or raises the error object.  [-0, +1, e] */
 int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q);
 /* The connections it holds now (idle and in use), and its max_size. */

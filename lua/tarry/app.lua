@@ -105,6 +105,11 @@ function M.install(methods)
     return methods.configure_task(self, name):defer(args)
   end
 
+  --- app:defer_async(name, args) -> a tarry.PendingDefer: defer_async by task name.
+  function methods:defer_async(name, args)
+    return methods.configure_task(self, name):defer_async(args)
+  end
+
   --- The task definition registered under a name or alias, or nil.
   function methods:find_task(name)
     return lookup(registry(self), name)

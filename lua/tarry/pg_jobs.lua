@@ -178,7 +178,7 @@ function PgJobs:fetch(queues, worker_id, n, tasks, exclude)
     return self.connector:execute(FILTERED_FETCH, self.literal, worker_id, n, array_literal(tasks, quoted),
       exclude and "true" or "false")
   end
-  return self.connector:execute(self.fetch_sql, self.literal, worker_id, n)
+  return self.connector:execute_prepared(self.fetch_sql, self.literal, worker_id, n)
 end
 
 -- The four array literals of a list of outcomes.
@@ -195,7 +195,7 @@ end
 --- outcomes: list of {id=, status=, delete=, retry_at=} in one statement.
 function PgJobs:finish(outcomes)
   local ids, statuses, dels, ats = outcome_arrays(outcomes)
-  self.connector:execute(self.finish_sql, ids, statuses, dels, ats)
+  self.connector:execute_prepared(self.finish_sql, ids, statuses, dels, ats)
 end
 
 --- finish(outcomes), then fetch(queues, worker_id, n), in one statement and one transaction: the

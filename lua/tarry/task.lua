@@ -4,6 +4,7 @@
 local core = require "tarry.core"
 local options = require "tarry.options"
 local cron = require "tarry.cron"
+local PendingDefer = require "tarry.pending_defer"
 
 local Task = { __name = "tarry.Task" }
 local Deferrer = { __name = "tarry.JobDeferrer" }
@@ -105,6 +106,17 @@ function Task:batch_defer(list)
   return Deferrer.batch_defer({ app = self.app, def = self.def, overrides = {} }, list)
 end
 
+--- task:defer_async(args) -> a tarry.PendingDefer, at once: the insert completes during later
+-- turns of tarry's loop (tarry/pending_defer.lua). Bad args raise here, as defer's do.
+function Task:defer_async(args)
+  return PendingDefer.start(self.app, self.def.name, { job(self.def, {}, args) }, true)
+end
+
+--- task:batch_defer_async{ args1, args2, ... } -> a tarry.PendingDefer whose result is the ids.
+function Task:batch_defer_async(list)
+  return Deferrer.batch_defer_async({ app = self.app, def = self.def, overrides = {} }, list)
+end
+
 --- Calling a task runs its function directly (no job): task(args, ctx).
 function Task:__call(args, ctx)
   if not self.def.fn then error(string.format("task %q has no function in this app", self.name), 2) end
@@ -138,6 +150,25 @@ function Deferrer:batch_defer(list)
   local jobs = {}
   for i = 1, #list do jobs[i] = job(self.def, self.overrides, list[i], at) end
   return self.app:_defer_jobs(jobs)
+end
+
+local function batch_jobs(d, list, what)
+  if type(list) ~= "table" then error(what .. " expects a list of argument tables", 3) end
+  local at = scheduled_at(d.overrides, what, 3)
+  local jobs = {}
+  for i = 1, #list do jobs[i] = job(d.def, d.overrides, list[i], at) end
+  return jobs
+end
+
+--- deferrer:defer_async(args) -> a tarry.PendingDefer, with the overrides of configure().
+function Deferrer:defer_async(args)
+  local at = scheduled_at(self.overrides, "defer_async", 2)
+  return PendingDefer.start(self.app, self.def.name, { job(self.def, self.overrides, args, at) }, true)
+end
+
+--- deferrer:batch_defer_async{ args1, ... } -> a tarry.PendingDefer whose result is the ids.
+function Deferrer:batch_defer_async(list)
+  return PendingDefer.start(self.app, self.def.name, batch_jobs(self, list, "batch_defer_async"), false)
 end
 
 --- `<tarry.JobDeferrer add queue=math>`.
