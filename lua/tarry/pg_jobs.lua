@@ -206,10 +206,10 @@ function PgJobs:finish_fetch(outcomes, queues, worker_id, n, lean)
   if queues ~= self.queues then self.queues, self.literal = queues, PgJobs.queues_literal(queues) end
   local ids, statuses, dels, ats = outcome_arrays(outcomes)
   if self.can_skip_events then
-    return self.connector:execute(self.finish_fetch_sql, ids, statuses, dels, ats, self.literal, worker_id, n,
-      lean and true or false)
+    return self.connector:execute_prepared(self.finish_fetch_sql, ids, statuses, dels, ats, self.literal, worker_id,
+      n, lean and true or false)
   end
-  return self.connector:execute(self.finish_fetch_sql, ids, statuses, dels, ats, self.literal, worker_id, n)
+  return self.connector:execute_prepared(self.finish_fetch_sql, ids, statuses, dels, ats, self.literal, worker_id, n)
 end
 
 --- Put back to todo the jobs of this list that this worker fetched and did not start; returns the
