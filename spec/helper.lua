@@ -12,3 +12,9 @@ if os.getenv("LD_PRELOAD") then
     return execute("unset LD_PRELOAD; " .. cmd, ...)
   end
 end
+
+-- luv cannot be opened twice in one Lua state (its second luaopen_luv reuses the default loop's
+-- state and crashes in uv_poll_init). busted's insulation unloads modules between spec files, so
+-- README's example and spec/embed_loop_spec.lua would each open it: load it once, here, before
+-- insulation, so every file gets this copy.
+pcall(require, "luv")
