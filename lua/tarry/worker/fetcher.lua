@@ -248,16 +248,25 @@ end
 function Fetcher:hand_back()
   local w = self.w
   if #self.queue == 0 or w.runner:free() > 0 or not self:slots_held() then return end
-  local ids = {}
-  for i, job in ipairs(self.queue) do ids[i] = job.id end
-  local ok, back = pcall(w.store.release, w.store, ids, w.liveness.worker_id)
+  local ok, back = self:give_back()
   if not ok then return end               -- they wait here; the next round tries again
-  local gone = {}
-  for _, id in ipairs(back) do gone[id] = true end
-  local keep = {}
-  for _, job in ipairs(self.queue) do if not gone[job.id] then keep[#keep + 1] = job end end
-  self.queue = keep
   w.log:debugf("released", "put back %d prefetched job(s): every slot runs a long job", #back)
+end
+
+-- Put the queued jobs back to todo (store:release); those the store kept, or all of them when it
+-- failed, return to the queue. They leave the queue for the duration of the call: a slot freed
+-- meanwhile (Runner:done -> wake -> start_queued) must not start a job the database is handing
+-- to other workers, or it would run twice.
+function Fetcher:give_back()
+  local w, jobs = self.w, self.queue
+  self.queue = {}
+  local ids = {}
+  for i, job in ipairs(jobs) do ids[i] = job.id end
+  local ok, back = pcall(w.store.release, w.store, ids, w.liveness.worker_id)
+  local gone = {}
+  if ok then for _, id in ipairs(back) do gone[id] = true end end
+  for _, job in ipairs(jobs) do if not gone[job.id] then self.queue[#self.queue + 1] = job end end
+  return ok, back
 end
 
 --- At a stop: the queued jobs go back to todo; those that cannot (an abort was requested, or a
@@ -267,21 +276,14 @@ end
 function Fetcher:release()
   local w = self.w
   if #self.queue == 0 then return end
-  local ids = {}
-  for i, job in ipairs(self.queue) do ids[i] = job.id end
-  local ok, back = pcall(w.store.release, w.store, ids, w.liveness.worker_id)
+  local ok, back = self:give_back()
   if not ok then
     w.log:warning("release_failed", string.format("could not put back %d prefetched job(s), they stay doing "
-      .. "until recovered as stalled: %s", #ids, Health.brief(back)))
+      .. "until recovered as stalled: %s", #self.queue, Health.brief(back)))
     self.queue = {}
     return
   end
-  local gone = {}
-  for _, id in ipairs(back) do gone[id] = true end
-  local keep = {}
-  for _, job in ipairs(self.queue) do if not gone[job.id] then keep[#keep + 1] = job end end
-  self.queue = keep
-  w.log:debugf("released", "put back %d prefetched job(s), %d to run before stopping", #back, #keep)
+  w.log:debugf("released", "put back %d prefetched job(s), %d to run before stopping", #back, #self.queue)
   while #self.queue > 0 and not w.forced do
     self:start_queued(true)
     if #self.queue > 0 then self:wait() end
