@@ -228,12 +228,13 @@ end)
       assert.are.same({ "doing", 0 }, W.state(t.name, qlocked))
       defer(t.name, "quick", { queueing_lock = "Q" })      -- qlocked cannot go back to todo now
       w:signal("TERM")
-      w:wait_for("put back", 1, 60)
+      -- the release's own line: "could not put back ..." (the release failed) must not pass for it
+      w:wait_for("put back %d+ prefetched job%(s%), %d+ to run before stopping", 1, 60)
       assert(io.open(gate, "w")):close()
       assert.are.equal(0, w:wait(60), w:output())
       os.remove(gate)
       assert.are.same({ "succeeded", 1 }, W.state(t.name, held))
-      assert.are.same({ "succeeded", 1 }, W.state(t.name, qlocked))   -- run before the worker stopped
+      assert.are.same({ "succeeded", 1 }, W.state(t.name, qlocked), w:output())   -- run before the worker stopped
       assert.are.equal(0, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' OR worker_id IS NOT NULL"))
       -- Every job fetched and not run is todo again, as it was: attempts 0, its fetch in the event log.
       local returned = W.count(t.name, "FROM procrastinate_jobs AS j WHERE status = 'todo' AND EXISTS (SELECT 1 "
