@@ -62,6 +62,7 @@ function Worker.new(app, opts, who, caller_file)
     log = Log.new{ format = o.log_format, level = o.log_level, stream = o.log_stream },
     stopping = false,      -- no more fetching; running jobs finish
     forced = false,        -- stop now
+    fetching_ended = false, -- the fetcher's loop ended: no job starts any more
     stop_event = core.Event(),   -- set on stop: the side loops' waits end
     progress = core.Event(),     -- a job ended, an awaited coroutine ended, or the stop was forced
   }, Worker)
@@ -158,6 +159,8 @@ function Worker:main()
   local ok, err = self:await(spawn(self.fetcher))
   if not ok and self.forced and is_cancelled(err) then ok = true end
   self:stop()
+  self.fetching_ended = true     -- no job starts now: the recorder and abort polling end after the last
+  self.progress:set()            -- (wake the polling, which waits for a job's end once stopping)
   local drained, derr = pcall(self.runner.drain, self.runner)
   self.recorder.has_work:set()
   self:await(recorder)                               -- every outcome recorded (or given up)

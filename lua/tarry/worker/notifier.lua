@@ -112,7 +112,7 @@ end
 --- The abort polling loop: until the worker stopped and its last job ended (or the stop is forced).
 function Notifier:poll_loop()
   local w = self.w
-  local function over() return w.forced or (w.stopping and w.runner.running == 0) end
+  local function over() return w.forced or (w.fetching_ended and w.runner.running == 0) end
   self.poll_due = core.now() + poll_interval(w.opts)
   while not over() do
     local event = w.stopping and w.progress or self.poll_wake     -- once stopping, a job's end

@@ -114,7 +114,9 @@ function Recorder:loop()
   local backoff = 0.05
   while true do
     if #self.pending == 0 or w.fetcher:takes_outcomes() then
-      if #self.pending == 0 and w.stopping and w.runner.running == 0 then return end
+      -- Done once nothing can add an outcome: the fetcher's loop has ended (at a stop it still
+      -- starts the queued jobs that could not go back), and no job runs.
+      if #self.pending == 0 and w.fetching_ended and w.runner.running == 0 then return end
       self.has_work:wait()
     else
       local batch = self.pending
