@@ -59,30 +59,47 @@ PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout)
     return conn;
 }
 
-/* Notices (and the FATAL a terminated idle backend sends) are not for the user's terminal. */
-static void quiet_notices(void *arg, const char *message)
+/* Notices are not for the user's terminal. A FATAL (or PANIC) reaches the notice receiver only
+   when it arrives with no query in flight: the server ended the session (pg_terminate_backend, a
+   restart) and is about to close. Its close may come a moment later (the backend's exit runs
+   first, a proxy may hold the FIN), so we shut our end now: the next read sees the end of the
+   stream and libpq marks the connection bad, so nobody sends a query into a dead session. */
+static void on_notice(void *conn, const PGresult *res)
 {
-    (void)arg; (void)message;
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0))
+        shutdown(PQsocket(conn), SHUT_RDWR);
 }
 
 void tarry_pg_setup(PGconn *conn)
 {
-    PQsetNoticeProcessor(conn, quiet_notices, NULL);
+    PQsetNoticeReceiver(conn, on_notice, conn);
 }
 
-/* An idle connection is usable if it is not in a transaction and the server has not closed it.
-   A terminated backend sends a FATAL message and then closes: after reading what is there
-   (libpq sockets never block), a peek that returns 0 bytes is the end of the stream. */
-int tarry_pg_idle_ok(PGconn *conn)
+/* Reads what the server sent to an idle connection and parses it (PQisBusy), so that a FATAL
+   waiting in the socket or in libpq's buffer reaches on_notice. -1: the stream has ended;
+   1: more bytes are waiting; 0: nothing more. */
+static int idle_read(PGconn *conn)
 {
     char byte;
     ssize_t n;
-    if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) return 0;
-    if (!PQconsumeInput(conn)) return 0;
+    if (!PQconsumeInput(conn)) return -1;
+    PQisBusy(conn);
     n = recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return 0;
-    if (n > 0 && (!PQconsumeInput(conn) || recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0)) return 0;
-    return PQstatus(conn) == CONNECTION_OK;
+    if (n > 0) return 1;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+}
+
+/* An idle connection is usable if it is not in a transaction and the server has not ended its
+   session: neither closed the stream (a peek that returns 0 bytes; libpq sockets never block)
+   nor sent a FATAL (on_notice then shut the socket, so the peek sees the end). */
+int tarry_pg_idle_ok(PGconn *conn)
+{
+    int state;
+    if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) return 0;
+    state = idle_read(conn);
+    if (state == 1) state = idle_read(conn);          /* more came meanwhile: read that too */
+    return state >= 0 && PQstatus(conn) == CONNECTION_OK;
 }
 
 int tarry_pg_result_ok(const PGresult *res)
