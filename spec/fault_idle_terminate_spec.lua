@@ -1,4 +1,4 @@
--- Fault injection: the server ends a session while tarry's blocking connection sits idle in its
+-- Fault injection: the server ends a session while a connection of tarry's sits idle in its
 -- pool (pg_terminate_backend from another session, a restart). The next query must go on a fresh
 -- connection, not fail on the dead one, and nothing may be lost.
 --
