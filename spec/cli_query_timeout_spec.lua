@@ -1,5 +1,6 @@
--- --query-timeout S (TARRY_QUERY_TIMEOUT): the query_timeout of the connector the command line
--- makes (README "Connection options and failures"), on every command that takes --conninfo.
+-- --query-timeout S (TARRY_QUERY_TIMEOUT), on every command that takes --conninfo: the default
+-- query_timeout of every connector that does not set its own, the CLI's and the --app file's
+-- (README "Connection options and failures", "The command line").
 local db = require "support.db"
 local proc = require "support.process"
 local cli = require "support.cli"
@@ -64,27 +65,15 @@ describe("a malformed --query-timeout", function()
     end
     assert.are.equal(0, count_jobs(ctx.name))
   end)
-end)
 
-describe("--query-timeout with --app", function()
-  local ctx = with_database()
-
-  it("is refused without --conninfo (the app's connector keeps its own settings); with it, it applies", function()
-    local app = proc.app_file(ctx.name, 'app:task("add", function() end)')
-    for _, case in ipairs { { { "--query-timeout", "5" }, nil, "%-%-query%-timeout" },
-                            { {}, { TARRY_QUERY_TIMEOUT = "5" }, "TARRY_QUERY_TIMEOUT" } } do
-      local argv = { "defer", "--app", app, "add" }
-      table.move(case[1], 1, #case[1], #argv + 1, argv)
-      local r = run(argv, case[2])
-      assert.are.equal(2, r.code, r.err)
-      assert.are.equal(1, r.err_lines, r.err)
-      assert.matches("^tarry: " .. case[3] .. " applies to the connector the command line makes: with %-%-app "
-        .. ".-, give %-%-conninfo too, or set query_timeout in the app's connector\n$", r.err)
-    end
-    assert.are.equal(0, count_jobs(ctx.name))
-    local r = run_on(ctx.name, { "defer", "--app", app, "--query-timeout", "5", "add" })
-    assert.are.equal(0, r.code, r.err)
-    assert.are.equal(1, count_jobs(ctx.name))
+  it("in the environment of a script is a clear error when it makes a connector that sets none", function()
+    local script = cli.write_file(os.tmpname() .. ".lua", 'local tarry = require "tarry"\n'
+      .. 'tarry.SyncPgConnector{ conninfo = "dbname=x" }\n')
+    local r = run({ "run", script }, { TARRY_QUERY_TIMEOUT = "abc" })
+    os.remove(script)
+    assert.are.equal(1, r.code, r.err)
+    assert.matches("option 'query_timeout': TARRY_QUERY_TIMEOUT in the environment must be a number of seconds "
+      .. "from 0 to 1000000, got 'abc'", r.err)
   end)
 end)
 
@@ -114,6 +103,18 @@ describe("a query that outlasts --query-timeout", function()
       assert.are.equal(1, r.err_lines, what .. ": " .. r.err)
       assert.matches("^tarry: connection: " .. LATE .. "\n$", r.err)
     end
+  end)
+
+  it("is the default of an --app's connector that sets no query_timeout; one that sets its own keeps it", function()
+    lock_jobs_table()
+    local plain = proc.app_file(ctx.name, 'app:task("add", function() end)')
+    local r = run({ "jobs", "list", "--app", plain, "--query-timeout", "1" })
+    assert.are.equal(1, r.code, r.err)
+    assert.matches("^tarry: connection: " .. LATE .. "\n$", r.err)
+    local own = proc.app_file(ctx.name, 'app:task("add", function() end)', { connector = { query_timeout = 1 } })
+    r = run({ "tasks", "--app", own, "--query-timeout", "600" })          -- the app's 1 s, not 600 s
+    assert.are.equal(1, r.code, r.err)
+    assert.matches("^tarry: connection: " .. LATE .. "\n$", r.err)
   end)
 
   it("fails a worker's job whose query outlasts it, with the timeout error recorded, and the worker goes on",

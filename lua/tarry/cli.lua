@@ -158,33 +158,19 @@ local function connector_type(c)
 end
 M.connector_type = connector_type
 
---- The options of a connector the command line makes: --conninfo, --query-timeout (each or its
--- TARRY_* variable; nil: the connector's default).
-function M.connector_options(cmd)
-  return { conninfo = cmd.conninfo, query_timeout = cmd.query_timeout }
-end
-
 --- The app a command works with: the --app file's, or one on a PgConnector. A conninfo given to
 -- the CLI (--conninfo or TARRY_CONNINFO) replaces the conninfo of the app's connector (same type),
 -- and `note(text)` says so: the CLI never silently uses another database than it was told.
--- A query timeout given to the CLI applies to the connector it makes, so with --app only along
--- with a conninfo: the app's own connector keeps its own settings, and the CLI says it cannot.
 function M.app_for(cmd, note)
-  if not cmd.app then return tarry.App{ connector = tarry.PgConnector(M.connector_options(cmd)) } end
+  if not cmd.app then return tarry.App{ connector = tarry.PgConnector{ conninfo = cmd.conninfo } } end
   local app = M.load_app(cmd.app)
-  if cmd.conninfo == nil then
-    if cmd.query_timeout ~= nil then
-      M.usage_error("%s applies to the connector the command line makes: with --app %s, give --conninfo too, "
-        .. "or set query_timeout in the app's connector", cmd.query_timeout_from or "--query-timeout", cmd.app)
-    end
-    return app
-  end
+  if cmd.conninfo == nil then return app end
   local kind = connector_type(app.connector)
   local make = ({ ["tarry.PgConnector"] = tarry.PgConnector, ["tarry.SyncPgConnector"] = tarry.SyncPgConnector })[kind]
   if not make then
     M.usage_error("--conninfo (or TARRY_CONNINFO) cannot apply to the %s of --app %s", kind, cmd.app)
   end
-  local replaced = app:with_connector(make(M.connector_options(cmd)))
+  local replaced = app:with_connector(make{ conninfo = cmd.conninfo })
   note(string.format("using the conninfo of %s (%s) instead of the app's %s", cmd.conninfo_from,
     (tostring(replaced.connector):match("^<%S+ (.-), ") or "?"), tostring(app.connector)))
   return replaced
@@ -232,6 +218,9 @@ local COMMANDS = {
 
 local function dispatch(argv)
   local cmd = M.parse(argv)
+  -- --query-timeout (TARRY_QUERY_TIMEOUT) is the default of every connector that does not set
+  -- query_timeout: the CLI's, the --app file's, those of blocking tasks' threads. Set before any.
+  if cmd.query_timeout then require("tarry.core").set_default_query_timeout(cmd.query_timeout) end
   return COMMANDS[cmd.command](cmd)
 end
 

@@ -6,16 +6,14 @@ local Output = require "tarry.cli_output"
 
 local M = {}
 
-local function connection(cli, cmd)
-  local opts = cli.connector_options(cmd)
-  opts.max_size = 1
-  return tarry.SyncPgConnector(opts)
+local function connection(cmd)
+  return tarry.SyncPgConnector{ conninfo = cmd.conninfo, max_size = 1 }
 end
 
 --- Run `tarry schema` for the parsed command `cmd`; returns the exit code.
 function M.schema(cli, cmd)
   if cmd.read then io.write(schema.sql()); return 0 end
-  local conn = connection(cli, cmd)
+  local conn = connection(cmd)
   local ok, state, which = pcall(schema.apply, conn)
   conn:close()
   if not ok then
@@ -31,7 +29,7 @@ end
 -- the schema (schema.inspect); exit 1 naming what is missing.
 function M.healthchecks(cli, cmd)
   local out = Output.new(cmd.json)
-  local conn = connection(cli, cmd)
+  local conn = connection(cmd)
   conn:execute("SELECT 1")
   local state, missing = schema.inspect(conn)
   conn:close()
