@@ -76,29 +76,32 @@ void tarry_pg_setup(PGconn *conn)
     PQsetNoticeReceiver(conn, on_notice, conn);
 }
 
-/* Reads what the server sent to an idle connection and parses it (PQisBusy), so that a FATAL
-   waiting in the socket or in libpq's buffer reaches on_notice. -1: the stream has ended;
-   1: more bytes are waiting; 0: nothing more. */
-static int idle_read(PGconn *conn)
+/* What a peek at an idle connection's socket finds: -1 the end of the stream (or an error),
+   0 nothing (libpq sockets never block), 1 bytes waiting. */
+static int peek(PGconn *conn)
 {
     char byte;
-    ssize_t n;
-    if (!PQconsumeInput(conn)) return -1;
-    PQisBusy(conn);
-    n = recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0) return 1;
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
 }
 
 /* An idle connection is usable if it is not in a transaction and the server has not ended its
-   session: neither closed the stream (a peek that returns 0 bytes; libpq sockets never block)
-   nor sent a FATAL (on_notice then shut the socket, so the peek sees the end). */
+   session: neither closed the stream nor sent a FATAL (on_notice then shut the socket, so the
+   peek sees the end). PQisBusy parses what libpq read already (a pool's read watcher may have)
+   without a system call, so the usual case, nothing arrived, costs one: the peek. What arrived
+   meanwhile is read and parsed the same way. Checked before every query. */
 int tarry_pg_idle_ok(PGconn *conn)
 {
     int state;
     if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) return 0;
-    state = idle_read(conn);
-    if (state == 1) state = idle_read(conn);          /* more came meanwhile: read that too */
+    PQisBusy(conn);
+    state = peek(conn);
+    if (state == 1) {
+        if (!PQconsumeInput(conn)) return 0;
+        PQisBusy(conn);
+        state = peek(conn);
+    }
     return state >= 0 && PQstatus(conn) == CONNECTION_OK;
 }
 
