@@ -56,6 +56,8 @@ int tarry_open_core(lua_State *L)
     lua_setfield(L, -2, "type");
     lua_pushcfunction(L, core_newmetatable);
     lua_setfield(L, -2, "newmetatable");
+    lua_pushcfunction(L, tarry_set_default_query_timeout);
+    lua_setfield(L, -2, "set_default_query_timeout");
     lua_pushliteral(L, TARRY_VERSION_STRING);
     lua_setfield(L, -2, "version");
     return 1;

@@ -8,7 +8,9 @@
  *   srv:port()                   --> 8470
  *   srv:close()
  *
- * Mechanism only: routing, auth and every other policy are Lua's (tarry/dashboard/). MHD runs in
+ * Internal: reached as tarry.core.HttpServer by tarry/dashboard/ only, and deliberately not in the
+ * public tarry table (README, Dashboard: "From Lua"). Mechanism only: routing, auth and every
+ * other policy are Lua's (tarry/dashboard/). MHD runs in
  * epoll mode with external polling: its one epoll fd is watched by an ev_io, its timeout by an
  * ev_timer, and each readiness calls MHD_run. A complete request is suspended
  * (MHD_suspend_connection) and handed to the Lua handler in a coroutine of its own (the runtime's

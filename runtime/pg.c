@@ -250,6 +250,30 @@ void tarry_pg_describe(const char *conninfo, char *out, size_t outlen)
     else redact_in_place(conninfo, out, outlen);   /* a dbname may be a conninfo with a password */
 }
 
+double tarry_query_timeout_default(void)
+{
+    const char *v = getenv("TARRY_QUERY_TIMEOUT");
+    char *end;
+    double s;
+    if (!v || !*v) return 30.0;
+    s = strtod(v, &end);
+    return *end == 0 && s >= 0 && s <= TARRY_QUERY_TIMEOUT_MAX ? s : NAN;
+}
+
+/* core.set_default_query_timeout(seconds): the default of every connector made from now on that
+   does not set query_timeout, this process's threads included (the command line calls it before
+   it loads --app, so before any thread starts). The environment is the one place a thread's own
+   Lua state reads it from, as TARRY_PREPARED_STATEMENTS.  [-1, +0, v] */
+int tarry_set_default_query_timeout(lua_State *L)
+{
+    double s = luaL_checknumber(L, 1);
+    char buf[32];
+    luaL_argcheck(L, s >= 0 && s <= TARRY_QUERY_TIMEOUT_MAX, 1, "seconds from 0 to 1000000 expected");
+    snprintf(buf, sizeof buf, "%.17g", s);
+    if (setenv("TARRY_QUERY_TIMEOUT", buf, 1) != 0) return luaL_error(L, "setenv: %s", strerror(errno));
+    return 0;
+}
+
 int tarry_prepared_default(void)
 {
     const char *v = getenv("TARRY_PREPARED_STATEMENTS");
@@ -286,6 +310,9 @@ double tarry_opt_seconds(lua_State *L, int t, const char *name, double def)
         if (!lua_isnumber(L, -1) || !(lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= 1e6))
             luaL_error(L, "option '%s' must be a number of seconds from 0 to 1000000", name);
         v = lua_tonumber(L, -1);
+    } else if (isnan(def)) {              /* a default from the environment that is malformed */
+        luaL_error(L, "option '%s': TARRY_QUERY_TIMEOUT in the environment must be a number of seconds "
+                      "from 0 to 1000000, got '%s'", name, getenv("TARRY_QUERY_TIMEOUT"));
     }
     lua_pop(L, 1);
     return v;

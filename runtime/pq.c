@@ -59,31 +59,50 @@ PGconn *tarry_pg_connect_start(const char *conninfo, int connect_timeout)
     return conn;
 }
 
-/* Notices (and the FATAL a terminated idle backend sends) are not for the user's terminal. */
-static void quiet_notices(void *arg, const char *message)
+/* Notices are not for the user's terminal. A FATAL (or PANIC) reaches the notice receiver only
+   when it arrives with no query in flight: the server ended the session (pg_terminate_backend, a
+   restart) and is about to close. Its close may come a moment later (the backend's exit runs
+   first, a proxy may hold the FIN), so we shut our end now: the next read sees the end of the
+   stream and libpq marks the connection bad, so nobody sends a query into a dead session. */
+static void on_notice(void *conn, const PGresult *res)
 {
-    (void)arg; (void)message;
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0))
+        shutdown(PQsocket(conn), SHUT_RDWR);
 }
 
 void tarry_pg_setup(PGconn *conn)
 {
-    PQsetNoticeProcessor(conn, quiet_notices, NULL);
+    PQsetNoticeReceiver(conn, on_notice, conn);
 }
 
-/* An idle connection is usable if it is not in a transaction and the server has not closed it.
-   A terminated backend sends a FATAL message and then closes: after reading what is there
-   (libpq sockets never block), a peek that returns 0 bytes is the end of the stream. Checked before
-   every query, so the usual case (nothing arrived) costs one system call: the peek. */
-int tarry_pg_idle_ok(PGconn *conn)
+/* What a peek at an idle connection's socket finds: -1 the end of the stream (or an error),
+   0 nothing (libpq sockets never block), 1 bytes waiting. */
+static int peek(PGconn *conn)
 {
     char byte;
-    ssize_t n;
+    ssize_t n = recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return 1;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+}
+
+/* An idle connection is usable if it is not in a transaction and the server has not ended its
+   session: neither closed the stream nor sent a FATAL (on_notice then shut the socket, so the
+   peek sees the end). PQisBusy parses what libpq read already (a pool's read watcher may have)
+   without a system call, so the usual case, nothing arrived, costs one: the peek. What arrived
+   meanwhile is read and parsed the same way. Checked before every query. */
+int tarry_pg_idle_ok(PGconn *conn)
+{
+    int state;
     if (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE) return 0;
-    n = recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 1;
-    if (n <= 0) return 0;
-    if (!PQconsumeInput(conn) || recv(PQsocket(conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return 0;
-    return PQstatus(conn) == CONNECTION_OK;
+    PQisBusy(conn);
+    state = peek(conn);
+    if (state == 1) {
+        if (!PQconsumeInput(conn)) return 0;
+        PQisBusy(conn);
+        state = peek(conn);
+    }
+    return state >= 0 && PQstatus(conn) == CONNECTION_OK;
 }
 
 int tarry_pg_result_ok(const PGresult *res)

@@ -1,8 +1,9 @@
 /* tarry.SyncPgConnector: a pool of blocking libpq connections.
  *
  * Connections are opened on demand (at most max_size), reused while healthy and replaced
- * when broken: before reuse, an idle connection reads what the server sent; one the server
- * closed (a restart) is dropped, never handed out. close() releases them all; using the
+ * when broken: before reuse, an idle connection reads what the server sent; one whose session
+ * the server ended (a FATAL from pg_terminate_backend or a restart, or its close) is dropped,
+ * never handed out (tarry_pg_idle_ok). close() releases them all; using the
  * connector again reconnects. */
 #include <stdlib.h>
 #include <string.h>

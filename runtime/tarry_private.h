@@ -140,8 +140,14 @@ void tarry_pg_keep_result(PGresult **kept, PGresult *res);
 void tarry_pg_message(char *out, size_t outlen, const char *msg);
 /* The message of a query that outlived its deadline (printf format of the seconds). */
 #define TARRY_LATE_MESSAGE "no answer from PostgreSQL within %g s (query_timeout): connection dropped"
-/* The default query deadline of tarry's connectors, in seconds. */
-#define TARRY_QUERY_TIMEOUT 30.0
+/* The default query deadline of tarry's connectors, in seconds: TARRY_QUERY_TIMEOUT from the
+   environment (the command line's --query-timeout sets it), else 30; NaN when the variable is
+   malformed (tarry_opt_seconds then raises, naming it). */
+double tarry_query_timeout_default(void);
+#define TARRY_QUERY_TIMEOUT tarry_query_timeout_default()
+#define TARRY_QUERY_TIMEOUT_MAX 1e6
+/* core.set_default_query_timeout(seconds): setenv TARRY_QUERY_TIMEOUT.  [-1, +0, v] */
+int tarry_set_default_query_timeout(lua_State *L);
 double tarry_monotonic(void);                       /* seconds, CLOCK_MONOTONIC */
 /* The error code of a failed query: already_enqueued, connection or database (sqlstate NULL:
    no result from the server, a connection error). */

@@ -37,10 +37,7 @@ end
 
 before_each(function() name = db.fresh() end)
 after_each(function()
-  if dash then
-    dash:signal("TERM")
-    assert.equal(0, dash:wait(30), dash:output())      -- a clean stop (and, under ASan, no leak)
-  end
+  http.stop_dashboard(dash)
   dash = nil
   proc.kill_all()
   db.drop(name)
@@ -344,8 +341,7 @@ describe("tarry dashboard: the command line", function()
     local status, _, _, head = http.get(root .. "/jobs")
     assert.equal(308, status)
     assert.matches("Location: /jobs/", head)
-    dash:signal("TERM")
-    assert.equal(0, dash:wait(30))
+    http.stop_dashboard(dash)
     dash = proc.start("dashboard --port 0 --conninfo dbname=" .. name, "TARRY_BASE_PATH=/ops/jobs/ ")
     dash:wait_for("listening on http://", 1, 30)
     assert.matches("listening on http://127%.0%.0%.1:%d+/ops/jobs/\n", dash:output())

@@ -29,10 +29,7 @@ describe("tarry dashboard in a browser", function()
   after_each(function()
     if browser then browser:quit() end
     browser = nil
-    if dash then
-    dash:signal("TERM")
-    assert.equal(0, dash:wait(30), dash:output())      -- a clean stop (and, under ASan, no leak)
-  end
+    http.stop_dashboard(dash)
     dash = nil
     proc.kill_all()
     db.drop(name)

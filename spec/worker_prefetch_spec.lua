@@ -9,6 +9,7 @@ local db = require "support.db"
 local W = require "support.worker"
 local proc = require "support.process"
 local PgJobs = require "tarry.pg_jobs"
+local exactly_once = require "support.exactly_once"
 
 local PROCRASTINATE_TRIGGERS = "spec/fixtures/procrastinate_triggers.sql"
 
@@ -325,22 +326,8 @@ describe("tarry worker processes with prefetch on one queue", function()
   after_each(function() proc.kill_all(); db.drop(name) end)
 
   it("run each of 3,000 jobs exactly once, every process taking some", function()
-    db.psql(name, "CREATE TABLE effects (job_id bigint NOT NULL, worker text NOT NULL)")
-    local app = proc.app_file(name, [[
-app:task("count", function(args, ctx)
-  ctx.app.connector:execute("INSERT INTO effects VALUES ($1, $2)", ctx.job.id, ctx.worker_name)
-end)
-]])
-    db.psql(name, [[SELECT procrastinate_defer_jobs_v1(array_agg(
-      ROW('default', 'count', g % 5, CASE WHEN g % 7 = 0 THEN 'L' || (g % 3) END, NULL, jsonb_build_object('n', g),
-          NULL)::procrastinate_job_to_defer_v1)) FROM generate_series(1, 3000) g]])
-    local workers = proc.start_workers(3, app, "--one-shot -c 2 --prefetch 32 --log-level warning")
-    for i = 1, 3 do assert.are.equal(0, workers[i]:wait(300), workers[i]:output()) end
-    assert.are.equal("3000", db.value(name, "SELECT count(*) FROM effects"))
-    assert.are.equal("3000", db.value(name, "SELECT count(DISTINCT job_id) FROM effects"))
-    assert.are.equal("3000", db.value(name, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded' "
-      .. "AND attempts = 1 AND worker_id IS NULL"))
-    assert.are.equal("3", db.value(name, "SELECT count(DISTINCT worker) FROM effects"))
+    exactly_once.run(name, { jobs = 3000, options = "-c 2 --prefetch 32", priority = "g % 5",
+      lock = "CASE WHEN g % 7 = 0 THEN 'L' || (g % 3) END" })
   end)
 end)
 

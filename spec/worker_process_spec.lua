@@ -1,6 +1,7 @@
 -- Real `tarry worker` processes: signals, a PostgreSQL restart, several workers on one queue.
 local db = require "support.db"
 local proc = require "support.process"
+local exactly_once = require "support.exactly_once"
 
 local function status_of(name, id)
   return db.value(name, "SELECT status FROM procrastinate_jobs WHERE id = " .. id)
@@ -167,24 +168,7 @@ describe("several tarry worker processes on one queue", function()
   after_each(function() proc.kill_all(); db.drop(name) end)
 
   it("run each of 10,000 jobs exactly once", function()
-    db.psql(name, "CREATE TABLE effects (job_id bigint NOT NULL, worker text NOT NULL)")
-    local app = proc.app_file(name, [[
-app:task("count", function(args, ctx)
-  ctx.app.connector:execute("INSERT INTO effects VALUES ($1, $2)", ctx.job.id, ctx.worker_name)
-end)
-]])
-    db.psql(name, [[SELECT procrastinate_defer_jobs_v1(array_agg(
-      ROW('default', 'count', 0, NULL, NULL, jsonb_build_object('n', g), NULL)::procrastinate_job_to_defer_v1))
-      FROM generate_series(1, 10000) g]])
-    local workers = {}
-    for i = 1, 3 do
-      workers[i] = proc.start(string.format("worker --app %s --one-shot -c 8 --name w%d --log-level warning", app, i))
-    end
-    for i = 1, 3 do assert.are.equal(0, workers[i]:wait(300), workers[i]:output()) end
-    assert.are.equal("10000", db.value(name, "SELECT count(*) FROM effects"))
-    assert.are.equal("10000", db.value(name, "SELECT count(DISTINCT job_id) FROM effects"))
-    assert.are.equal("10000", db.value(name, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"))
-    assert.are.equal("3", db.value(name, "SELECT count(DISTINCT worker) FROM effects"))
+    exactly_once.run(name, { jobs = 10000, options = "-c 8" })
   end)
 end)
 

@@ -218,6 +218,9 @@ local COMMANDS = {
 
 local function dispatch(argv)
   local cmd = M.parse(argv)
+  -- --query-timeout (TARRY_QUERY_TIMEOUT) is the default of every connector that does not set
+  -- query_timeout: the CLI's, the --app file's, those of blocking tasks' threads. Set before any.
+  if cmd.query_timeout then require("tarry.core").set_default_query_timeout(cmd.query_timeout) end
   return COMMANDS[cmd.command](cmd)
 end
 

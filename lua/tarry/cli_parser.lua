@@ -148,12 +148,27 @@ local function option(p, command, names, description, props)
   return o
 end
 
--- Before the command or after it. (Two targets: argparse resets a target when a command
--- declares an option of the same name.)
+local MAX_QUERY_TIMEOUT = 1e6          -- the connectors' own bound for query_timeout
+
+local function query_timeout(s)
+  local n, err = seconds("--query-timeout")(s)
+  if n and n > MAX_QUERY_TIMEOUT then
+    return nil, string.format("--query-timeout must be at most %d seconds, got '%s'", MAX_QUERY_TIMEOUT, s)
+  end
+  return n, err
+end
+
+-- --conninfo before the command or after it. (Two targets: argparse resets a target when a command
+-- declares an option of the same name.) After it, --query-timeout too (tarry.cli sets it as the
+-- default of every connector, the app's included).
 local function conninfo(p, command)
   option(p, command, "--conninfo", "A libpq connection string (or URI); without it, libpq's PG* variables apply. "
     .. "With --app, it replaces the conninfo of the app's connector.",
     { argname = "CONNINFO", target = command == "" and "root_conninfo" or "conninfo", env = command ~= "" })
+  if command == "" then return end
+  option(p, command, "--query-timeout", "Seconds a database query may wait for its answer before its connection "
+    .. "is dropped and it fails (default 30; 0: no limit); for every connector that does not set query_timeout, "
+    .. "--app's included.", { argname = "S", convert = query_timeout })
 end
 
 local function help_flag(p, on_help)

@@ -3,6 +3,7 @@
 local db = require "support.db"
 local proc = require "support.process"
 local tarry = require "tarry"
+local luassert = require "luassert"   -- busted's assert (a required module does not see the spec's)
 
 local M = {}
 
@@ -56,6 +57,14 @@ function M.start_dashboard(name, args)
     args or ""))
   p:wait_for("listening on http://", 1, 30)
   return p, p:output():match("listening on (http://%S+)")
+end
+
+--- Stop a dashboard of start_dashboard (nil: nothing to stop) with SIGTERM, and assert that it
+--- stopped cleanly: exit code 0 (and, under ASan, no leak).
+function M.stop_dashboard(p)
+  if not p then return end
+  p:signal("TERM")
+  luassert.equal(0, p:wait(30), p:output())
 end
 
 return M

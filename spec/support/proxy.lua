@@ -6,6 +6,8 @@
 --   p:hold()      -- nothing gets through either way; sockets stay open (no FIN, no RST)
 --   p:forward()   -- what was held is delivered, and forwarding goes on
 --   p:cut()       -- reset every open connection
+--   proxy.start(nil, { withhold_server_fin = true })   -- a server's close is not passed on
+--                 -- ("withheld N"): its last words arrive, its FIN does not
 --   p:stop()
 --
 -- Each switch returns once the proxy has acknowledged it. p:count("accept") and friends count
@@ -19,13 +21,15 @@ local Proxy = {}
 Proxy.__index = Proxy
 
 --- Start a proxy to 127.0.0.1:`target_port` (default: $PGPORT, the throwaway server).
-function M.start(target_port)
+--- opts.withhold_server_fin: see the C file's --withhold-server-fin.
+function M.start(target_port, opts)
   target_port = target_port or os.getenv("PGPORT") or "5432"
   local f = io.open(M.executable)
   assert(f, M.executable .. " is missing: build it with scripts/build")
   f:close()
   local self = setmetatable({ acks = {} }, Proxy)
-  self.process = proc.spawn(M.executable .. " " .. tostring(target_port))
+  local flags = opts and opts.withhold_server_fin and " --withhold-server-fin" or ""
+  self.process = proc.spawn(M.executable .. flags .. " " .. tostring(target_port))
   self.process:wait_for("^listening ", 1, 10)
   self.port = tonumber(self.process:output():match("listening 127%.0%.0%.1:(%d+)"))
   return self

@@ -1,7 +1,7 @@
 /* tcp_proxy: a TCP forwarder that the fault-injection specs put between a tarry worker and
  * PostgreSQL (test support only: built into build/bin, never installed).
  *
- *   tcp_proxy TARGET_PORT [TARGET_ADDR]      (TARGET_ADDR: numeric IPv4, default 127.0.0.1)
+ *   tcp_proxy [--withhold-server-fin] TARGET_PORT [TARGET_ADDR]   (numeric IPv4, default 127.0.0.1)
  *
  * It listens on 127.0.0.1 only, on a port the kernel picks, prints "listening 127.0.0.1:PORT", and
  * forwards every connection it accepts to TARGET_ADDR:TARGET_PORT: one poll() loop, no threads.
@@ -20,6 +20,11 @@
  *   SIGUSR2  forward ("mode forward", the initial mode): what was held is delivered, in order.
  *   SIGHUP   cut ("cut K"): reset every open connection (RST both ways), keep listening.
  *   SIGTERM, SIGINT  close everything and exit 0.
+ *
+ * --withhold-server-fin: when the server closes connection N, what it sent before is delivered
+ * but its FIN is not passed on ("withheld N"): to the client, a session whose last words (a
+ * FATAL, say) have arrived while its end has not, as while a terminated backend is still exiting.
+ * The connection is reset once the client writes to it or closes it.
  *
  * Other lines: "accept N" (connection N opened), "close N" (closed by its peers, both ways).
  * Connections are numbered from 1 in the order they were accepted.
@@ -61,7 +66,7 @@ typedef struct {
 typedef struct {
     int listen_fd, signal_fd;
     struct sockaddr_in target;
-    bool hold, quit;
+    bool hold, quit, withhold_server_fin;
     int next_id, count;
     conn *conns[MAX_CONNS];
     struct pollfd fds[2 + 2 * MAX_CONNS];
@@ -136,8 +141,9 @@ static bool pull(proxy *p, conn *c, int i)
     return true;
 }
 
-/* Write what side i sent to the other side; pass its FIN on once everything went. */
-static bool push(conn *c, int i)
+/* Write what side i sent to the other side; pass its FIN on once everything went (but the
+   server's, with --withhold-server-fin). */
+static bool push(proxy *p, conn *c, int i)
 {
     buffer *b = &c->buf[i];
     if (b->end > b->start) {
@@ -147,7 +153,8 @@ static bool push(conn *c, int i)
         if (b->start == b->end) b->start = b->end = 0;
     }
     if (b->eof && !b->shut && b->end == b->start) {
-        shutdown(c->fd[1 - i], SHUT_WR);
+        if (i == 1 && p->withhold_server_fin) printf("withheld %d\n", c->id);
+        else shutdown(c->fd[1 - i], SHUT_WR);
         b->shut = true;
     }
     return true;
@@ -195,13 +202,13 @@ static bool serve(proxy *p, conn *c, const struct pollfd *pf)
     }
     if (!p->hold)
         for (int i = 0; i < 2; i++)
-            if (!push(c, i)) return false;
+            if (!push(p, c, i)) return false;
     return true;
 }
 
-static bool finished(const conn *c)
+static bool finished(const proxy *p, const conn *c)
 {
-    return c->buf[0].shut && c->buf[1].shut;
+    return c->buf[0].shut && c->buf[1].shut && !p->withhold_server_fin;
 }
 
 static void cut_all(proxy *p)
@@ -241,7 +248,7 @@ static int poll_once(proxy *p)
     for (int k = p->count - 1; k >= 0; k--) {
         conn *c = p->conns[k];
         if (!serve(p, c, &p->fds[2 + 2 * k])) conn_free(p, k, true, p->hold ? "drop" : "close");
-        else if (finished(c)) conn_free(p, k, false, "close");
+        else if (finished(p, c)) conn_free(p, k, false, "close");
     }
     if (p->fds[1].revents & POLLIN) accept_one(p);
     if (p->fds[0].revents & POLLIN) on_signal(p);
@@ -278,6 +285,11 @@ static int signals_fd(void)
 static bool parse_target(proxy *p, int argc, char **argv)
 {
     char *end;
+    if (argc > 1 && strcmp(argv[1], "--withhold-server-fin") == 0) {
+        p->withhold_server_fin = true;
+        argc--;
+        argv++;
+    }
     long port = argc > 1 ? strtol(argv[1], &end, 10) : 0;
     if (argc < 2 || argc > 3 || *end || port < 1 || port > 65535) return false;
     p->target.sin_family = AF_INET;
@@ -292,7 +304,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!p) return 1;
     if (!parse_target(p, argc, argv)) {
-        fprintf(stderr, "usage: tcp_proxy TARGET_PORT [TARGET_IPV4]\n");
+        fprintf(stderr, "usage: tcp_proxy [--withhold-server-fin] TARGET_PORT [TARGET_IPV4]\n");
         free(p);
         return 2;
     }
