@@ -222,9 +222,11 @@ end)
       local qlocked = defer(t.name, "quick", { queueing_lock = "Q" })
       for _ = 1, 20 do defer(t.name, "quick") end
       local w = proc.start("worker --app " .. app .. " -c 1 --prefetch 8 --prefetch-hold 600 --log-level debug")
-      -- The gate job runs; the worker holds prefetched jobs besides it (doing, with its id).
+      -- The gate job runs; the worker holds prefetched jobs besides it (doing, with its id): qlocked
+      -- and at least one more. Only 2 are waited for: how many the worker takes ahead follows the
+      -- pace of its recent jobs (PREFETCH_WINDOW), which a loaded or sanitized run makes slow.
       proc.until_true_while({ w }, function()
-        return W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' AND id > " .. held) >= 4
+        return W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' AND id > " .. held) >= 2
       end, 60, "the worker to prefetch jobs while the gate job runs")
       assert.are.same({ "doing", 0 }, W.state(t.name, qlocked))
       defer(t.name, "quick", { queueing_lock = "Q" })      -- qlocked cannot go back to todo now
@@ -240,7 +242,7 @@ end)
       -- Every job fetched and not run is todo again, as it was: attempts 0, its fetch in the event log.
       local returned = W.count(t.name, "FROM procrastinate_jobs AS j WHERE status = 'todo' AND EXISTS (SELECT 1 "
         .. "FROM procrastinate_events AS e WHERE e.job_id = j.id AND e.type = 'started')")
-      assert.is_true(returned >= 3, tostring(returned))
+      assert.is_true(returned >= 1, tostring(returned))
       assert.are.equal(returned, W.count(t.name, "FROM procrastinate_jobs AS j WHERE status = 'todo' AND attempts = 0 "
         .. "AND (SELECT string_agg(type::text, ',' ORDER BY id) FROM procrastinate_events AS e WHERE e.job_id = j.id) "
         .. "= 'deferred,started,deferred_for_retry'"))
