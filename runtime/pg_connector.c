@@ -26,6 +26,7 @@ typedef struct aconn {
     apool *pool;
     PGconn *pg;
     int state;
+    int unrefd;                  /* idle: its watcher reads on, but keeps no loop running */
     int defer;                   /* its query is a defer (counted in pool.defers_in_flight) */
     int preparing;               /* its query's statement is being prepared, as stmt */
     char stmt[TARRY_STMT_NAME];
@@ -348,12 +349,34 @@ static void fail_queue(apool *p, const char *msg)
 
 /* ---- connections ---- */
 
+static void io_off(aconn *c)
+{
+    if (c->unrefd) { ev_ref(c->pool->loop); c->unrefd = 0; }   /* undo watch_idle's ev_unref */
+    tarry_io_stop(c->pool->loop, &c->io);
+}
+
+/* Watch c's socket for events (0: not at all). A watcher already watching the same socket for
+   the same events is left alone: restarting it costs an epoll_ctl, and between one query and the
+   next (watch_idle, then EV_READ) nothing needs to change. */
 static void watch(aconn *c, int events)
 {
-    tarry_io_stop(c->pool->loop, &c->io);
+    if (c->unrefd) { ev_ref(c->pool->loop); c->unrefd = 0; }
+    if (events && ev_is_active(&c->io) && c->io.fd == PQsocket(c->pg)
+        && (c->io.events & (EV_READ | EV_WRITE)) == events) return;
+    io_off(c);
     if (!events) return;
     ev_io_set(&c->io, PQsocket(c->pg), events);
     tarry_io_start(c->pool->loop, &c->io);
+}
+
+/* An idle connection goes on reading (io_cb drops it if the server closes it meanwhile), as the
+   listener's socket does: unreferenced, so an idle pool keeps neither run() nor a step going. */
+static void watch_idle(aconn *c)
+{
+    if (PQsocket(c->pg) < 0) { watch(c, 0); return; }     /* libpq closed it: idle_conn drops it */
+    watch(c, EV_READ);
+    ev_unref(c->pool->loop);
+    c->unrefd = 1;
 }
 
 /* The connection's query is over (answered, or the connection goes). */
@@ -370,7 +393,7 @@ static void conn_destroy(aconn *c)
     conn_settle(c);
     while (*pp && *pp != c) pp = &(*pp)->next;
     if (*pp) *pp = c->next;
-    tarry_io_stop(p->loop, &c->io);
+    io_off(c);
     tarry_timer_stop(p->loop, &c->timer);
     if (c->state == CONN_CONNECTING) p->nconnecting--;
     p->nconns--;
@@ -441,7 +464,7 @@ static void conn_complete(aconn *c)
     c->req = NULL;
     c->state = CONN_IDLE;
     conn_settle(c);
-    watch(c, 0);
+    watch_idle(c);
     tarry_timer_stop(c->pool->loop, &c->timer);
     req_deliver(r, c->pg, NULL);
     dispatch(c->pool);
@@ -489,7 +512,7 @@ static void connect_step(aconn *c)
     case PGRES_POLLING_WRITING: watch(c, EV_WRITE); break;
     case PGRES_POLLING_OK:
         tarry_timer_stop(c->pool->loop, &c->timer);
-        watch(c, 0);
+        watch_idle(c);
         c->state = CONN_IDLE;
         c->pool->nconnecting--;
         dispatch(c->pool);
@@ -510,8 +533,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     else if (c->state == CONN_BUSY) {
         if (revents & EV_WRITE) conn_flush(c);
         else conn_read(c);
-    } else {
-        watch(c, 0);
+    } else if (!PQconsumeInput(c->pg) || PQstatus(c->pg) != CONNECTION_OK) {
+        conn_destroy(c);                 /* idle, and the server closed it (or said why first) */
     }
     pool_leave(p);
 }

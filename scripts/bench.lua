@@ -110,43 +110,12 @@ local function want(section) return OPTS.only == nil or OPTS.only == section end
 -- ---- defer ----
 local defer_rows = {}
 if want("defer") then
-  local conninfo = fresh_db("bench_defer")
-  local function measure(label, app, n, in_coroutine, parallel)
-    local t0 = tarry.now()
-    if in_coroutine then
-      local per = n // parallel
-      for _ = 1, parallel do
-        app:spawn(function() for i = 1, per do app.tasks.noop:defer{ i = i } end end)
-      end
-      app:run()
-    else
-      for i = 1, n do app.tasks.noop:defer{ i = i } end
-    end
-    local dt = tarry.now() - t0
-    defer_rows[#defer_rows + 1] = { label, n, string.format("%.2f", dt), rate(n, dt) }
+  local cases = require("bench_lib").defer_cases(fresh_db("bench_defer"), { single = SINGLE, bulk = BATCH, memory = true })
+  for _, case in ipairs(cases) do
+    local dt = case.run()
+    defer_rows[#defer_rows + 1] = { case.label, case.jobs, string.format("%.2f", dt), rate(case.jobs, dt) }
   end
-  local base = tarry.App{ connector = tarry.PgConnector{ conninfo = conninfo } }
-  base:task("noop", function() end)
-  measure("PgConnector, not opened (its sync connector)", base, SINGLE)
-  local sync = base:with_connector(tarry.SyncPgConnector{ conninfo = conninfo })
-  measure("SyncPgConnector", sync, SINGLE)
-  local async = base:with_connector(tarry.PgConnector{ conninfo = conninfo, max_size = 10 })
-  async:open()
-  measure("PgConnector, open, main thread (blocking)", async, SINGLE)
-  measure("PgConnector, open, 1 coroutine (async)", async, SINGLE, true, 1)
-  measure("PgConnector, open, 10 coroutines (async)", async, SINGLE, true, 10)
-  async:close()
-  local mem = base:with_connector(tarry.MemoryConnector())
-  measure("MemoryConnector", mem, SINGLE)
-  local args = {}
-  for i = 1, BATCH do args[i] = { i = i } end
-  local t0 = tarry.now()
-  local ids = sync.tasks.noop:batch_defer(args)
-  local dt = tarry.now() - t0
-  assert(#ids == BATCH)
-  defer_rows[#defer_rows + 1] = { "batch_defer of 20,000 (SyncPgConnector, 1 statement)", BATCH,
-    string.format("%.2f", dt), rate(BATCH, dt) }
-  sync.connector:close()
+  cases.close()
   table_print("Deferring jobs (no-op task, args {i=n})", { "path", "jobs", "seconds", "jobs/s" }, defer_rows)
 end
 
@@ -207,10 +176,10 @@ end
 
 -- (--baseline: defaults only, for a tarry without these options, to compare with.)
 local SETTINGS = OPTS.baseline and { { "defaults", "" } } or {
-  { "defaults (prefetch 16)", "" },
+  { "defaults (prefetch = concurrency + 256)", "" },
   { "--prefetch 0 (nothing taken ahead)", "--prefetch 0" },
-  { "--prefetch 256", "--prefetch 256" },
-  { "--prefetch 256 --lean (no event rows)", "--prefetch 256 --lean" },
+  { "--prefetch 16 (the default before issue 10)", "--prefetch 16" },
+  { "--lean (no event rows)", "--lean" },
 }
 local worker_rows = {}
 for _, c in ipairs(want("worker") and { 1, 10, 100 } or {}) do

@@ -143,6 +143,28 @@ describe("PgConnector after open()", function()
     assert.are.equal(1, count_jobs(name))
   end)
 
+  it("lets go of an idle pooled connection the server ends, while the loop turns, and defers on a new one", function()
+    local pid = app:spawn(function() return app.connector:execute("SELECT pg_backend_pid() AS pid")[1].pid end)
+    app:run()
+    pid = pid:result()
+    assert.matches(", 1/10 connections", tostring(app.connector))
+    db.psql(name, "SELECT pg_terminate_backend(" .. pid .. ")")
+    -- Nothing is sent meanwhile: the pool notices the closed socket by itself.
+    local waited = app:spawn(function()
+      for _ = 1, 400 do
+        if tostring(app.connector):match(", 0/10 connections") then return true end
+        tarry.sleep(0.025)
+      end
+      return false
+    end)
+    app:run()
+    assert.is_true(waited:result(), tostring(app.connector))
+    local h = app:spawn(function() return app.tasks.add:defer{ a = 1, b = 2 } end)
+    app:run()
+    assert.are.equal("integer", math.type(h:result()))
+    assert.are.equal(1, count_jobs(name))
+  end)
+
   it("sends concurrent queries on several pooled connections", function()
     -- A barrier: each query returns only once four sessions have started it, so the four
     -- must be in flight at the same time, each on its own connection.

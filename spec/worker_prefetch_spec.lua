@@ -343,3 +343,51 @@ end)
     assert.are.equal("3", db.value(name, "SELECT count(DISTINCT worker) FROM effects"))
   end)
 end)
+
+describe("a worker whose outcomes cannot be written for a while", function()
+  local name
+  before_each(function() name = db.fresh() end)
+  after_each(function()
+    proc.kill_all()
+    db.psql(name, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tarry_spec_lock'")
+    db.drop(name)
+  end)
+
+  -- A psql in the background that keeps job `id`'s row locked until its backend is terminated.
+  local function lock_row(id)
+    assert(os.execute(string.format("PGAPPNAME=tarry_spec_lock psql -X -q -d %s -c 'SELECT id FROM procrastinate_jobs "
+      .. "WHERE id = %d FOR UPDATE; SELECT pg_sleep(600)' >/dev/null 2>&1 &", name, id)))
+    proc.until_true(function()
+      return db.value(name, "SELECT count(*) FROM (SELECT id FROM procrastinate_jobs WHERE id = " .. id
+        .. " FOR UPDATE SKIP LOCKED) AS free") == "0"
+    end, 60, "the row lock")
+  end
+
+  it("stops fetching at twice its prefetch in jobs doing, and goes on once they are written", function()
+    local gate = os.tmpname()
+    os.remove(gate)
+    local app = proc.app_file(name, string.format([[
+app:task("quick", function() end)
+app:task("gate", function(_, ctx)
+  local deadline = os.time() + 120
+  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
+end)
+]], gate))
+    local held = defer(name, "gate")
+    for _ = 1, 200 do defer(name, "quick") end
+    local w = proc.start("worker --app " .. app .. " --one-shot -c 1 --prefetch 8 --log-level debug")
+    proc.until_true_while({ w }, function() return W.state(name, held)[1] == "doing" end, 60, "the gate job to start")
+    -- Recording the gate job's outcome waits for this lock, and so do the outcomes of the jobs
+    -- that end meanwhile.
+    lock_row(held)
+    assert(io.open(gate, "w")):close()
+    w:wait_for("no fetch until their outcomes are written", 1, 60)
+    -- 2 * max(prefetch 8, concurrency 1): what the worker holds, its ended jobs included.
+    assert.are.equal(16, W.count(name, "FROM procrastinate_jobs WHERE status = 'doing'"), w:output())
+    assert.are.equal(0, W.count(name, "FROM procrastinate_jobs WHERE status = 'succeeded'"), w:output())
+    db.psql(name, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tarry_spec_lock'")
+    assert.are.equal(0, w:wait(120), w:output())
+    os.remove(gate)
+    assert.are.equal(201, W.count(name, "FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"))
+  end)
+end)

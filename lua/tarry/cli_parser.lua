@@ -169,8 +169,9 @@ local function define_worker(p, on_help)
   option(c, "worker", "-q --queues", "Comma-separated queues to take jobs from (default: every queue).",
     { argname = "Q1,Q2", convert = queue_list })
   option(c, "worker", "-c --concurrency", "Jobs run at once (default 1).", { argname = "N", convert = whole("--concurrency", 1) })
-  option(c, "worker", "--prefetch", "Jobs held, running and taken ahead, while recent jobs are short (default "
-    .. "16; at most --concurrency: none ahead).", { argname = "N", convert = whole("--prefetch", 0) })
+  option(c, "worker", "--prefetch", "Jobs held, running and taken ahead, while recent jobs are short: only what "
+    .. "starts within about 50 ms (default: --concurrency + 256; at most --concurrency: none ahead).",
+    { argname = "N", convert = whole("--prefetch", 0) })
   option(c, "worker", "--prefetch-hold", "Seconds taken-ahead jobs may wait while every slot runs a long job; then "
     .. "they go back for other workers (default 1).", { argname = "S", convert = seconds("--prefetch-hold") })
   option(c, "worker", "--lean", "Write no procrastinate_events rows for fetches and outcomes (event history "

@@ -10,7 +10,9 @@
 -- goes back to todo: a worker busy with long jobs holds none back from the others for long. A
 -- queued job is `doing` with this worker's id like a running one: no other worker takes it,
 -- stalled recovery treats it as running here, and a graceful stop puts the unstarted ones back to
--- `todo` (store:release).
+-- `todo` (store:release). Ended jobs whose outcome the recorder has not written yet are `doing`
+-- too: the worker fetches only while it holds fewer than twice max(prefetch, concurrency) jobs in
+-- all (running, queued, ending), so a recorder that falls behind slows the fetching down.
 -- @module tarry.worker.fetcher
 local core = require "tarry.core"
 local Health = require "tarry.worker.health"
@@ -72,15 +74,37 @@ function Fetcher:slots_held()
   return old >= w.opts.concurrency
 end
 
---- How many jobs the worker can take now: its free slots, plus what it may queue ahead, less
--- what it queued already.
-function Fetcher:wanted()
-  return self.w.runner:free() + self:ahead() - #self.queue
+--- Jobs this worker has `doing` in the database: running, queued, and ended with their outcome
+-- not recorded yet.
+function Fetcher:held()
+  local w, r = self.w, self.w.recorder
+  return w.runner.running + #self.queue + #r.pending + r.in_flight + r.riding
 end
 
--- A fetch is worth a round trip when a slot is free with nothing queued for it, or when half of
--- what the worker may hold (slots and queue) is missing: one round trip then brings many jobs,
--- instead of many round trips a few each.
+--- The most jobs the worker holds (see held): twice what it may run and queue, so the outcomes of
+-- one round can be written while the next round runs, but a recorder that falls behind (a slow
+-- or blocked finish) stops the fetching instead of letting ended jobs pile up unrecorded.
+function Fetcher:most()
+  local o = self.w.opts
+  return 2 * math.max(o.prefetch, o.concurrency)
+end
+
+--- How many jobs the worker can take now: its free slots, plus what it may queue ahead, less
+-- what it queued already; no more than keeps held() within most().
+function Fetcher:wanted()
+  local want = self.w.runner:free() + self:ahead() - #self.queue
+  local room = self:most() - self:held()
+  if room < want and room <= 0 and not self.throttled then
+    self.w.log:debugf("throttled", "holding %d job(s), %d of them ended and not recorded yet: no fetch until "
+      .. "their outcomes are written", self:held(), self:held() - self.w.runner.running - #self.queue)
+  end
+  self.throttled = room < want and room <= 0
+  return math.min(want, room)
+end
+
+-- A fetch is worth a round trip when nothing is queued, or when half of what the worker may run
+-- and queue is missing: one round trip then brings many jobs, instead of many round trips a few
+-- each.
 function Fetcher:should_fetch()
   if self.w.blocking then return not self:full() end
   local want = self:wanted()

@@ -4,6 +4,13 @@ local Periodic = require "tarry.periodic"
 
 local M = {}
 
+-- The default prefetch: the slots, plus this many jobs taken ahead. A round trip's fixed cost is
+-- worth about ten jobs' share of the fetch and finish statements, so a worker of short jobs needs
+-- rounds of a hundred or more to get near what the database can do, and the fetcher refills at
+-- half of what it may hold. Fewer are queued when jobs are longer: only what the worker starts
+-- within PREFETCH_WINDOW (tarry/worker/fetcher.lua).
+M.PREFETCH_AHEAD = 256
+
 local DELETE = { never = true, successful = true, always = true }
 local LOG_LEVELS = { debug = true, info = true, warning = true, error = true }
 local LOG_FORMATS = { human = true, json = true }
@@ -15,8 +22,9 @@ local function is_bool(v) return type(v) == "boolean" end
 M.SPEC = {
   queues = { nil, function(v) return type(v) == "table" end, "a list of queue names" },
   concurrency = { 1, function(v) return math.type(v) == "integer" and v >= 1 end, "an integer >= 1" },
-  -- jobs held, running and taken ahead, while recent jobs are short (tarry/worker/fetcher.lua)
-  prefetch = { 16, function(v) return math.type(v) == "integer" and v >= 0 end, "an integer >= 0" },
+  -- jobs held, running and taken ahead, while recent jobs are short (tarry/worker/fetcher.lua);
+  -- nil: concurrency + M.PREFETCH_AHEAD
+  prefetch = { nil, function(v) return math.type(v) == "integer" and v >= 0 end, "an integer >= 0" },
   prefetch_hold = { 1, seconds, "a number of seconds >= 0" },   -- then queued jobs behind long ones go back
   lean = { false, is_bool, "a boolean" },   -- no event rows for fetch and finish (tarry's schema only)
   wait = { true, is_bool, "a boolean" },
@@ -68,6 +76,7 @@ function M.check(o, level, who)
     elseif not spec[2](v) then error(who .. ": " .. k .. " must be " .. spec[3], level) end
     out[k] = v
   end
+  if out.prefetch == nil then out.prefetch = out.concurrency + M.PREFETCH_AHEAD end
   if out.queues then
     check_queues(out.queues, level, who)
     if #out.queues == 0 then out.queues = nil end          -- every queue
