@@ -137,6 +137,56 @@ describe("tarry.schema", function()
     assert.has_error(function() schema.apply(other_conn) end)
   end)
 
+  it("tarry_functions() gives every tarry_* function of the schema, as the database holds it", function()
+    local name = fresh()
+    local got = {}
+    for _, f in ipairs(schema.tarry_functions()) do
+      assert.matches("^CREATE OR REPLACE FUNCTION " .. f.name .. "%(", f.sql)
+      got[#got + 1] = f.name .. " " .. f.config .. " " .. f.body
+    end
+    table.sort(got)
+    local held = {}
+    for _, row in ipairs(db.rows(name, [[SELECT proname || ' ' || coalesce(array_to_string(proconfig, ','), '')
+        || ' ' || md5(prosrc) FROM pg_proc WHERE proname LIKE 'tarry\_%' ORDER BY 1]])) do
+      held[#held + 1] = row[1]
+    end
+    local want = {}
+    for i, line in ipairs(got) do
+      local head, body = line:match("^(%S+ %S*) (.*)$")
+      want[i] = head .. " " .. db.value(name, "SELECT md5(" .. "$tarry_body$" .. body .. "$tarry_body$)")
+    end
+    assert.is_true(#held >= 8)
+    assert.same(held, want)
+  end)
+
+  it("on tarry's schema, replaces the tarry functions that differ from schema.sql's, and only those", function()
+    local name, conn = fresh()
+    local function definitions()
+      return db.psql(name, [[SELECT oid::regprocedure || ' ' || coalesce(array_to_string(proconfig, ','), '')
+        || ' ' || md5(prosrc) FROM pg_proc WHERE proname LIKE 'tarry\_%' ORDER BY 1]])
+    end
+    local current = definitions()
+    -- an older tarry's: another body, and a function without its SET clauses
+    db.psql(name, [[CREATE OR REPLACE FUNCTION tarry_jobs_note_abort_requested_set() RETURNS trigger
+      LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('tarry.abort_requested_in_set', 'on', true); RETURN NULL; END $$;
+      ALTER FUNCTION tarry_fetch_jobs_v1(character varying[], bigint, integer) RESET ALL]])
+    assert.are_not.equal(current, definitions())
+    local before = snapshot(name)
+    local state, which, updated = schema.apply(conn)
+    assert.same({ "present", "tarry", { "tarry_jobs_note_abort_requested_set", "tarry_fetch_jobs_v1" } },
+      { state, which, updated })
+    assert.matches("^BEGIN;\nCREATE OR REPLACE FUNCTION tarry_jobs_note_abort_requested_set%(%).*\nCOMMIT;$",
+      conn.statements[#conn.statements])
+    assert.equal(current, definitions())
+    assert.are_not.equal(before, snapshot(name))
+    -- the trigger still uses the function it replaced (same oid), and a second apply changes nothing
+    assert.equal("tarry", schema.inspect(conn))
+    local after = snapshot(name)
+    state, which, updated = schema.apply(conn)
+    assert.same({ "present", "tarry", {} }, { state, which, updated })
+    assert.equal(after, snapshot(name))
+  end)
+
   it("rolls everything back when applying fails half-way", function()
     local name, conn = fresh({ schema = false })
     -- not one of the objects inspect looks for, but in the way of the schema's last part

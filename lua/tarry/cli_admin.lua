@@ -14,13 +14,15 @@ end
 function M.schema(cli, cmd)
   if cmd.read then io.write(schema.sql()); return 0 end
   local conn = connection(cmd)
-  local ok, state, which = pcall(schema.apply, conn)
+  local ok, state, which, updated = pcall(schema.apply, conn)
   conn:close()
   if not ok then
     if type(state) == "string" then cli.failure("%s", (state:gsub("^tarry schema: ", "schema: "))) end
     error(state, 0)
   end
   if state == "applied" then print("schema applied")
+  elseif updated and #updated > 0 then
+    print("schema already present (" .. tostring(which) .. "): updated tarry's functions " .. table.concat(updated, ", "))
   else print("schema already present (" .. tostring(which) .. "): nothing changed") end
   return 0
 end

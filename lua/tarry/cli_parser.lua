@@ -258,7 +258,8 @@ end
 local function define_admin(p, on_help)
   local c = p:command("schema", "Create tarry's schema (Procrastinate 3.9's) in an empty database, or print its SQL.")
   help_flag(c, on_help)
-  option(c, "schema", "--apply", "Create it (reports it, changing nothing, when it is complete already).",
+  option(c, "schema", "--apply", "Create it; when it is complete already, report it (on tarry's schema, updating tarry's own "
+    .. "functions that differ from this version's).",
     { flag = true, env = false })
   option(c, "schema", "--read", "Print its SQL.", { flag = true, env = false })
   conninfo(c, "schema")

@@ -7,20 +7,24 @@
 local PgJobs = {}
 PgJobs.__index = PgJobs
 
--- n fetches in one round trip: procrastinate_fetch_job_v2 called again while the previous call
--- found a job. Each call sees the jobs the previous ones took (a volatile function's statements
--- see earlier changes of the transaction), so the lock rule holds inside a batch as well.
-local FETCH = [[
-WITH RECURSIVE r(n, job) AS (
-  SELECT 1, procrastinate_fetch_job_v2($1::varchar[], $2::bigint)
+-- Up to n fetches: procrastinate_fetch_job_v2 called again while the previous call found a job.
+-- Each call sees the jobs the previous ones took (a volatile function's statements see earlier
+-- changes of the transaction), so the lock rule holds inside a batch as well. q, w, n: the
+-- placeholders of the queues, the worker id and n; after: a CTE the first call must follow (its
+-- FROM), or nil. The one source of FETCH and FINISH_FETCH.
+local function fetch_calls(q, w, n, after)
+  return string.format([[r(n, job) AS (
+  SELECT 1, CASE WHEN %s::integer > 0 THEN procrastinate_fetch_job_v2(%s::varchar[], %s::bigint) END%s
   UNION ALL
-  SELECT n + 1, procrastinate_fetch_job_v2($1::varchar[], $2::bigint)
-  FROM r WHERE (r.job).id IS NOT NULL AND n < $3::integer
+  SELECT n + 1, procrastinate_fetch_job_v2(%s::varchar[], %s::bigint)
+  FROM r WHERE (r.job).id IS NOT NULL AND n < %s::integer
 )
 SELECT (job).id, (job).task_name, (job).queue_name AS queue, (job).priority, (job).lock,
        (job).queueing_lock, (job).args, (job).attempts,
        extract(epoch FROM (job).scheduled_at)::float8 AS scheduled_at
-FROM r WHERE (job).id IS NOT NULL ORDER BY n]]
+FROM r WHERE (job).id IS NOT NULL ORDER BY n]], n, q, w, after and (" FROM " .. after) or "", q, w, n)
+end
+local FETCH = "WITH RECURSIVE " .. fetch_calls("$1", "$2", "$3")
 
 -- Outcomes of many jobs in one round trip, each through the protocol function it needs.
 local FINISH = [[
@@ -44,22 +48,8 @@ SELECT to_regprocedure('tarry_fetch_jobs_v1(character varying[], bigint, integer
 -- Outcomes, then a fetch, in one round trip (the worker's default path). Without tarry's function:
 -- FINISH as a materialised CTE that the fetch's first call reads, so every finish call ran before
 -- the first fetch call (each a volatile function: it sees what the earlier ones changed).
-local FINISH_FETCH = [[
-WITH RECURSIVE finished AS MATERIALIZED (
-  SELECT count(CASE WHEN t.retry_at IS NULL
-      THEN (SELECT 1 FROM procrastinate_finish_job_v1(t.id, t.status::procrastinate_job_status, t.del))
-      ELSE (SELECT 1 FROM procrastinate_retry_job_v2(t.id, to_timestamp(t.retry_at), NULL, NULL, NULL)) END) AS n
-  FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::float8[]) WITH ORDINALITY AS t(id, status, del, retry_at, i)
-), r(n, job) AS (
-  SELECT 1, CASE WHEN $7::integer > 0 THEN procrastinate_fetch_job_v2($5::varchar[], $6::bigint) END FROM finished
-  UNION ALL
-  SELECT n + 1, procrastinate_fetch_job_v2($5::varchar[], $6::bigint)
-  FROM r WHERE (r.job).id IS NOT NULL AND n < $7::integer
-)
-SELECT (job).id, (job).task_name, (job).queue_name AS queue, (job).priority, (job).lock,
-       (job).queueing_lock, (job).args, (job).attempts,
-       extract(epoch FROM (job).scheduled_at)::float8 AS scheduled_at
-FROM r WHERE (job).id IS NOT NULL ORDER BY n]]
+local FINISH_FETCH = "WITH RECURSIVE finished AS MATERIALIZED (\n" .. FINISH .. "\n), "
+  .. fetch_calls("$5", "$6", "$7", "finished")
 local FAST_FINISH_FETCH = [[
 SELECT id, task_name, queue_name AS queue, priority, lock, queueing_lock, args, attempts,
        extract(epoch FROM scheduled_at)::float8 AS scheduled_at

@@ -224,12 +224,66 @@ function schema.sql()
   error("tarry schema: schema.sql not found (looked in " .. table.concat(candidates, ", ") .. ")", 2)
 end
 
+--- tarry's own functions as schema.sql defines them, in its order: a list of { name =, sql =,
+--- body =, config = }: sql the definition as a CREATE OR REPLACE FUNCTION statement, body the
+--- text between its dollar quotes (pg_proc.prosrc), config its SET clauses as "name=value,..."
+--- (pg_proc.proconfig).  schema.sql writes each as "CREATE FUNCTION tarry_..." up to a line "$$;".
+function schema.tarry_functions()
+  local out = {}
+  for chunk in schema.sql():gmatch("\n(CREATE FUNCTION tarry_.-\n%$%$;)") do
+    local settings = {}
+    for k, v in chunk:match("^(.-)\nAS %$%$"):gmatch("\nSET ([%w_]+) = ([%w_]+)") do
+      settings[#settings + 1] = k .. "=" .. v
+    end
+    out[#out + 1] = { name = chunk:match("^CREATE FUNCTION ([%w_]+)"),
+      sql = "CREATE OR REPLACE" .. chunk:sub(#"CREATE" + 1),
+      body = chunk:match("\nAS %$%$(.*)%$%$;$"), config = table.concat(settings, ",") }
+  end
+  return out
+end
+
+-- The names of tarry's functions whose definition in the database is not schema.sql's.
+local function outdated_functions(conn)
+  local current = {}
+  for _, row in ipairs(conn:execute([[
+SELECT p.proname AS name, p.prosrc AS body, coalesce(array_to_string(p.proconfig, ','), '') AS config
+FROM pg_proc AS p WHERE p.proname LIKE 'tarry\_%' AND pg_function_is_visible(p.oid)]])) do
+    current[row.name .. "\0" .. row.body .. "\0" .. row.config] = true
+  end
+  local outdated = {}
+  for _, f in ipairs(schema.tarry_functions()) do
+    if not current[f.name .. "\0" .. f.body .. "\0" .. f.config] then outdated[#outdated + 1] = f end
+  end
+  return outdated
+end
+
+-- Replaces the outdated ones, all at once in one transaction (workers may run meanwhile: a call
+-- under way finishes with the old definitions); returns their names.
+local function update_functions(conn)
+  local outdated, names, sql = outdated_functions(conn), {}, { "BEGIN;" }
+  if #outdated == 0 then return names end
+  for i, f in ipairs(outdated) do names[i], sql[#sql + 1] = f.name, f.sql end
+  sql[#sql + 1] = "COMMIT;"
+  local ok, err = pcall(conn.execute, conn, table.concat(sql, "\n"))
+  if not ok then
+    pcall(conn.execute, conn, "ROLLBACK")
+    error("tarry schema: updating tarry's functions failed: " .. tostring(err), 3)
+  end
+  return names
+end
+
 --- Applies the schema to a database that has none of it, in one transaction.
 --- Returns "applied", or "present", "tarry"|"procrastinate" when the complete schema is already
---- there (nothing is changed).  Raises "tarry schema: ..." for a partial or foreign schema.
+--- there: then nothing is changed, except that on tarry's schema the functions of tarry's own
+--- (tarry_*) that differ from schema.sql's are replaced by schema.sql's, in one transaction,
+--- and their names come third (a list, empty when all were current).  A signature or return
+--- type change needs a new function name (_v2): CREATE OR REPLACE cannot make it.
+--- Raises "tarry schema: ..." for a partial or foreign schema.
 function schema.apply(conn)
   local state, missing = schema.inspect(conn)
-  if state == "tarry" or state == "procrastinate" then
+  if state == "tarry" then
+    return "present", state, update_functions(conn)
+  elseif state == "procrastinate" then
     return "present", state
   end
   if state == "partial" then
