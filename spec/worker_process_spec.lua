@@ -15,6 +15,14 @@ local function defer(name, task, args, opts)
   return tonumber(out)
 end
 
+-- Wait until the worker runs job id: `doing` alone is not enough, a fetched job is `doing` before
+-- it starts, and a stop that comes in between hands it back to todo instead of running it.
+local function until_running(w, name, id)
+  proc.until_true(function()
+    return status_of(name, id) == "doing" and w:output():find("job " .. id .. " nap started", 1, true) ~= nil
+  end, 30, "the job to start")
+end
+
 local TASKS = [[
 app:task("nap", function(args, ctx) ctx:sleep(args.s) return true end)
 app:task("add", function(args) return args.a + args.b end)
@@ -30,7 +38,7 @@ describe("tarry worker stopping on signals", function()
       local app = proc.app_file(name, TASKS)
       local w = proc.start("worker --app " .. app .. " --fetch-job-polling-interval 0.2")
       local id = defer(name, "nap", '{"s": 0.5}')
-      proc.until_true(function() return status_of(name, id) == "doing" end, 30, "the job to start")
+      until_running(w, name, id)
       w:signal(sig)
       assert.are.equal(0, w:wait())
       assert.are.equal("succeeded", status_of(name, id))
@@ -43,7 +51,7 @@ describe("tarry worker stopping on signals", function()
     local app = proc.app_file(name, TASKS)
     local w = proc.start("worker --app " .. app)
     local id = defer(name, "nap", '{"s": 600}')
-    proc.until_true(function() return status_of(name, id) == "doing" end, 30, "the job to start")
+    until_running(w, name, id)
     w:signal("TERM")
     proc.until_true(function() return w:output():match("stopping after the running jobs") end, 30, "the first signal")
     w:signal("TERM")
@@ -57,7 +65,7 @@ describe("tarry worker stopping on signals", function()
     local app = proc.app_file(name, TASKS)
     local w = proc.start("worker --app " .. app .. " --shutdown-graceful-timeout 0.3")
     local id = defer(name, "nap", '{"s": 600}')
-    proc.until_true(function() return status_of(name, id) == "doing" end, 30, "the job to start")
+    until_running(w, name, id)
     w:signal("INT")
     assert.are.equal(0, w:wait(60))
     assert.are.equal("failed", status_of(name, id))
