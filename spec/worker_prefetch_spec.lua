@@ -35,6 +35,21 @@ local function defer(name, task, opts)
     lit(opts.queueing_lock))))
 end
 
+-- An app file with a "gate" task that runs until the returned file exists (at most 120 s) and a
+-- "quick" task (quick_body: its function's source; a no-op by default).
+local function gate_app(name, quick_body)
+  local gate = os.tmpname()
+  os.remove(gate)
+  local app = proc.app_file(name, string.format([[
+app:task("quick", %s)
+app:task("gate", function(_, ctx)
+  local deadline = os.time() + 120
+  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
+end)
+]], quick_body or "function() end", gate))
+  return app, gate
+end
+
 for _, schema in ipairs(SCHEMAS) do
   describe("on " .. schema.label, function()
     local t = {}
@@ -208,15 +223,7 @@ for _, schema in ipairs(SCHEMAS) do
     end)
 
     it("a graceful stop puts the prefetched jobs back to todo and runs those that cannot go back", function()
-      local gate = os.tmpname()
-      os.remove(gate)
-      local app = proc.app_file(t.name, string.format([[
-app:task("quick", function() end)
-app:task("gate", function(_, ctx)
-  local deadline = os.time() + 120
-  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
-end)
-]], gate))
+      local app, gate = gate_app(t.name)
       for _ = 1, 5 do defer(t.name, "quick") end
       local held = defer(t.name, "gate")
       local qlocked = defer(t.name, "quick", { queueing_lock = "Q" })
@@ -257,15 +264,8 @@ describe("a prefetched job whose abort is requested", function()
   after_each(function() proc.kill_all(); db.drop(name) end)
 
   it("ends aborted without running", function()
-    local gate, ran = os.tmpname(), os.tmpname()
-    os.remove(gate)
-    local app = proc.app_file(name, string.format([[
-app:task("quick", function(_, ctx) local f = io.open(%q, "a"); f:write(ctx.job.id, "\n"); f:close() end)
-app:task("gate", function(_, ctx)
-  local deadline = os.time() + 120
-  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
-end)
-]], ran, gate))
+    local ran = os.tmpname()
+    local app, gate = gate_app(name, string.format('function(_, ctx) local f = io.open(%q, "a"); f:write(ctx.job.id, "\\n"); f:close() end', ran))
     for _ = 1, 5 do defer(name, "quick") end
     local held = defer(name, "gate")
     local victim = defer(name, "quick")
@@ -295,15 +295,7 @@ describe("prefetched jobs behind a long job", function()
   after_each(function() proc.kill_all(); db.drop(name) end)
 
   it("go back to todo after --prefetch-hold seconds, and another worker runs them", function()
-    local gate = os.tmpname()
-    os.remove(gate)
-    local app = proc.app_file(name, string.format([[
-app:task("quick", function() end)
-app:task("gate", function(_, ctx)
-  local deadline = os.time() + 120
-  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
-end)
-]], gate))
+    local app, gate = gate_app(name)
     for _ = 1, 5 do defer(name, "quick") end
     local held = defer(name, "gate")
     for _ = 1, 10 do defer(name, "quick") end
@@ -353,15 +345,7 @@ describe("a worker whose outcomes cannot be written for a while", function()
   end
 
   it("stops fetching at twice its prefetch in jobs doing, and goes on once they are written", function()
-    local gate = os.tmpname()
-    os.remove(gate)
-    local app = proc.app_file(name, string.format([[
-app:task("quick", function() end)
-app:task("gate", function(_, ctx)
-  local deadline = os.time() + 120
-  while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
-end)
-]], gate))
+    local app, gate = gate_app(name)
     local held = defer(name, "gate")
     for _ = 1, 200 do defer(name, "quick") end
     local w = proc.start("worker --app " .. app .. " --one-shot -c 1 --prefetch 8 --log-level debug")
