@@ -34,7 +34,7 @@ end
 
 local function row(cols, widths)
   local out = {}
-  for i, c in ipairs(cols) do out[i] = string.format("%-" .. widths[i] .. "s", tostring(c)) end
+  for i, c in ipairs(cols) do out[i] = tostring(c) .. string.rep(" ", widths[i] - #tostring(c)) end
   print("| " .. table.concat(out, " | ") .. " |")
 end
 
@@ -437,23 +437,32 @@ local function explain_fetch(n)
   local worker = store:register(30)
   local sql = os.tmpname()
   local f = assert(io.open(sql, "w"))
-  local execute = string.format("EXECUTE fetch('{}', '{}', '{}', '{}', NULL, %d, %d, false);\n", worker, n)
+  local execute = string.format("EXECUTE worker_fetch('{}', '{}', '{}', '{}', NULL, %d, %d, false);\n", worker, n)
   f:write("LOAD 'auto_explain';\nSET auto_explain.log_analyze = on;\nSET auto_explain.log_buffers = on;\n"
     .. "SET auto_explain.log_nested_statements = on;\nSET auto_explain.log_level = notice;\n"
-    .. "PREPARE fetch AS " .. store.finish_fetch_sql .. ";\n" .. string.rep(execute, 6)
+    .. "PREPARE worker_fetch AS " .. store.finish_fetch_sql .. ";\n" .. string.rep(execute, 6)
     .. "SET auto_explain.log_min_duration = 0;\n" .. execute)
   f:close()
-  local p = io.popen(string.format("psql -X -q -d bench_worker -f %s 2>&1 >/dev/null", sql))
+  local p = io.popen(string.format("psql -X -q -v ON_ERROR_STOP=1 -d bench_worker -f %s 2>&1 >/dev/null", sql))
   local out = p:read("a")
-  p:close()
+  local ok = p:close()
   os.remove(sql)
   app.connector:close()
+  assert(ok, "psql failed:\n" .. out)
   print(string.format("\nauto_explain of the worker's fetch of %d jobs (the 7th call on its connection; "
     .. "every plan it ran, nested ones first):", n))
-  for duration, plan in out:gmatch("duration: ([%d.]+) ms%s+plan:\n(.-)\n%f[%S]") do
-    print(string.format("  %8s ms  %s", duration, statement_label(plan:match("Query Text: ([^\n]*)") or "?")))
-    for line in plan:gmatch("[^\n]+") do
-      if line:match("actual") and not line:match("Query Text") then print("             " .. line:gsub("^%s%s%s%s", "")) end
+  local groups, order = {}, {}   -- the plans of one statement text together, in the order they ended
+  for duration, plan in (out .. "\npsql:"):gmatch("duration: ([%d.]+) ms%s+plan:\n(.-)\npsql:") do
+    local label = statement_label(plan:match("Query Text: ([^\n]*)") or "?")
+    if not groups[label] then groups[label], order[#order + 1] = { n = 0, ms = 0 }, label end
+    local g = groups[label]
+    g.n, g.ms, g.plan = g.n + 1, g.ms + tonumber(duration), plan
+  end
+  for _, label in ipairs(order) do
+    local g = groups[label]
+    print(string.format("  %4d x %8.3f ms  %s", g.n, g.ms, label))
+    for line in g.plan:gmatch("[^\n]+") do   -- the nodes of the plans that took some time (the last one)
+      if g.ms / g.n >= 0.1 and (line:match("actual") or line:match("Buffers")) then print("                    " .. line) end
     end
   end
 end
