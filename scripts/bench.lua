@@ -9,11 +9,12 @@ local TARRY = build .. "/bin/tarry"
 -- Options after the build directory: --quick (smaller runs, no retention table, under a minute),
 -- --million (also: a worker's RSS over 1,000,000 jobs; takes minutes), --only SECTION (defer,
 -- worker, latency, million or delete_old; or ceiling or profile, which only run when named),
--- --baseline (worker runs with defaults only), --reps N (ceiling and profile: runs per case).
+-- --baseline (worker runs with defaults only), --reps N (ceiling and profile: runs per case),
+-- --batches LIST and --clients LIST (ceiling: jobs per statement, pgbench clients; "100,256").
 local OPTS = {}
 for i = 2, #arg do
   local k, v = arg[i]:match("^%-%-([%w_-]+)=?(.*)$")
-  if (k == "only" or k == "reps") and v == "" then v = arg[i + 1] end
+  if (k == "only" or k == "reps" or k == "batches" or k == "clients") and v == "" then v = arg[i + 1] end
   if k then OPTS[k] = v ~= "" and v or true end
 end
 
@@ -360,9 +361,11 @@ local function pgbench_run(mode, n, clients)
   return tps * n, ccpu / done * 1e6, scpu and scpu / done * 1e6
 end
 
--- One worker run (bench.lua's own), with its CPU: jobs/s, worker CPU and server CPU in us per job.
-local function worker_run(options)
+-- One worker run on a fresh queue of WORKER_JOBS jobs: wall, worker CPU and server CPU, in seconds.
+-- before(): called once the queue is ready, just before the worker starts.
+local function worker_run(options, before)
   local app = queue_of(WORKER_JOBS)
+  if before then before() end
   local dt, ccpu, scpu = with_cpu(app, function()
     local t0 = tarry.now()
     local cmd = string.format("%s worker --app %s --one-shot --log-level warning %s", TARRY, APP, options)
@@ -371,7 +374,15 @@ local function worker_run(options)
   end)
   assert(succeeded(app) == WORKER_JOBS, "not every job succeeded")
   app.connector:close()
-  return WORKER_JOBS / dt, ccpu / WORKER_JOBS * 1e6, scpu and scpu / WORKER_JOBS * 1e6
+  return dt, ccpu, scpu
+end
+
+-- A list of numbers from an option's "a,b,c" (nil without one).
+local function numbers(list)
+  if type(list) ~= "string" then return nil end
+  local out = {}
+  for x in list:gmatch("%d+") do out[#out + 1] = tonumber(x) end
+  return out
 end
 
 local function load_avg() return io.open("/proc/loadavg"):read("a"):match("^(%S+ %S+ %S+)") end
@@ -380,8 +391,8 @@ if OPTS.only == "ceiling" then
   local MODES = { events = "defaults (event rows)", lean = "lean (no event rows)", bare = "UPDATE triggers dropped" }
   local cases = {}
   for _, mode in ipairs { "events", "lean", "bare" } do
-    for _, n in ipairs(OPTS.quick and { 16, 100 } or { 1, 16, 100, 256 }) do
-      for _, clients in ipairs(OPTS.quick and { 1, 2 } or { 1, 2, 10 }) do
+    for _, n in ipairs(numbers(OPTS.batches) or OPTS.quick and { 16, 100 } or { 1, 16, 100, 256 }) do
+      for _, clients in ipairs(numbers(OPTS.clients) or OPTS.quick and { 1, 2 } or { 1, 2, 10 }) do
         cases[#cases + 1] = { label = MODES[mode], mode = mode, n = n, clients = clients,
           run = function() return pgbench_run(mode, n, clients) end }
       end
@@ -389,7 +400,10 @@ if OPTS.only == "ceiling" then
   end
   for _, w in ipairs { { "-c 10", "events" }, { "-c 10 --lean", "lean" }, { "-c 100", "events" }, { "-c 100 --lean", "lean" } } do
     cases[#cases + 1] = { label = "tarry worker " .. w[1], mode = w[2], worker = true,
-      run = function() return worker_run(w[1]) end }
+      run = function()
+        local dt, ccpu, scpu = worker_run(w[1])
+        return WORKER_JOBS / dt, ccpu / WORKER_JOBS * 1e6, scpu and scpu / WORKER_JOBS * 1e6
+      end }
   end
   local loads = { load_avg() }
   for _ = 1, REPS do   -- every case once per repetition: the machine's load falls on all alike
@@ -405,6 +419,7 @@ if OPTS.only == "ceiling" then
     local r = median(case.rate)
     table.sort(case.rate)
     if not case.worker then best[case.mode] = math.max(best[case.mode] or 0, r) end
+    if case.clients == 2 then best[case.mode .. "2"] = math.max(best[case.mode .. "2"] or 0, r) end
     rows[#rows + 1] = { case.label, case.worker and "" or case.n, case.worker and "" or case.clients, rate(r, 1),
       string.format("%s-%s", rate(case.rate[1], 1), rate(case.rate[#case.rate], 1)),
       string.format("%.0f", median(case.server)), string.format("%.0f", median(case.client)) }
@@ -415,8 +430,10 @@ if OPTS.only == "ceiling" then
     { "statements", "jobs/statement", "pgbench clients", "jobs/s", "range", "server CPU us/job", "client CPU us/job" }, rows)
   for _, case in ipairs(cases) do
     if case.worker then
-      print(string.format("%s: %s jobs/s, %.0f%% of the best pgbench row of its mode (%s jobs/s)", case.label,
-        rate(median(case.rate), 1), 100 * median(case.rate) / best[case.mode], rate(best[case.mode], 1)))
+      local r, b, b2 = median(case.rate), best[case.mode], best[case.mode .. "2"]
+      print(string.format("%s: %s jobs/s, %.0f%% of the best pgbench row of its mode (%s jobs/s)%s", case.label,
+        rate(r, 1), 100 * r / b, rate(b, 1), b2 and string.format(", %.0f%% of the best with 2 clients, as many "
+        .. "statements in flight as the worker's fetcher and recorder (%s jobs/s)", 100 * r / b2, rate(b2, 1)) or ""))
     end
   end
 end
@@ -475,15 +492,7 @@ if OPTS.only == "profile" then
   local cases = { { "-c 10", "defaults" }, { "-c 10 --lean", "--lean" } }
   for _ = 1, REPS do
     for _, case in ipairs(cases) do
-      local app = queue_of(WORKER_JOBS)
-      admin:execute("SELECT pg_stat_statements_reset()")
-      local dt, ccpu, scpu = with_cpu(app, function()
-        local t0 = tarry.now()
-        assert(os.execute(string.format("%s worker --app %s --one-shot --log-level warning %s", TARRY, APP, case[1])))
-        return tarry.now() - t0
-      end)
-      assert(succeeded(app) == WORKER_JOBS, "not every job succeeded")
-      app.connector:close()
+      local dt, ccpu, scpu = worker_run(case[1], function() admin:execute("SELECT pg_stat_statements_reset()") end)
       case.runs = case.runs or {}
       local run = { wall = dt, worker = ccpu, server = scpu or 0, statements = {} }
       for _, s in ipairs(admin:execute([[
