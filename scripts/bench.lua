@@ -467,7 +467,8 @@ local function explain_fetch(n)
   app.connector:close()
   assert(ok, "psql failed:\n" .. out)
   print(string.format("\nauto_explain of the worker's fetch of %d jobs (the 7th call on its connection; "
-    .. "every plan it ran, nested ones first):", n))
+    .. "every plan it ran, nested ones first; the durations include auto_explain's own work for every nested "
+    .. "plan, such as each foreign-key check: read the nodes' actual times):", n))
   local groups, order = {}, {}   -- the plans of one statement text together, in the order they ended
   for duration, plan in (out .. "\npsql:"):gmatch("duration: ([%d.]+) ms%s+plan:\n(.-)\npsql:") do
     local label = statement_label(plan:match("Query Text: ([^\n]*)") or "?")
