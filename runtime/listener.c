@@ -401,7 +401,7 @@ int tarry_listen(lua_State *L)
 {
     const char *conninfo = luaL_checkstring(L, 1);
     int timeout = (int)luaL_optinteger(L, 3, 5);
-    double query_timeout = luaL_optnumber(L, 4, TARRY_QUERY_TIMEOUT);
+    double query_timeout = luaL_optnumber(L, 4, tarry_query_timeout_default());
     tarry_co *h;
     tarry_listener *l;
     luaL_checktype(L, 2, LUA_TTABLE);

@@ -123,7 +123,7 @@ static int sync_new(lua_State *L)
     tarry_opt_check(L, 1, TARRY_SYNC_MT, (const char *const[]){ TARRY_CONNECTOR_OPTIONS, NULL });
     tarry_sync_new(L, tarry_opt_conninfo(L, 1), tarry_opt_int(L, 1, "min_size", 1, 0),
                    tarry_opt_int(L, 1, "max_size", 10, 1), tarry_opt_int(L, 1, "connect_timeout", 5, 1),
-                   tarry_opt_seconds(L, 1, "query_timeout", TARRY_QUERY_TIMEOUT),
+                   tarry_opt_seconds(L, 1, "query_timeout", tarry_query_timeout_default()),
                    tarry_opt_bool(L, 1, "prepared_statements", tarry_prepared_default()));
     return 1;
 }

@@ -144,7 +144,6 @@ void tarry_pg_message(char *out, size_t outlen, const char *msg);
    environment (the command line's --query-timeout sets it), else 30; NaN when the variable is
    malformed (tarry_opt_seconds then raises, naming it). */
 double tarry_query_timeout_default(void);
-#define TARRY_QUERY_TIMEOUT tarry_query_timeout_default()
 #define TARRY_QUERY_TIMEOUT_MAX 1e6
 /* core.set_default_query_timeout(seconds): setenv TARRY_QUERY_TIMEOUT.  [-1, +0, v] */
 int tarry_set_default_query_timeout(lua_State *L);
@@ -192,7 +191,26 @@ int tarry_sync_query(lua_State *L, tarry_sync *s, const tarry_query *q);
 void tarry_sync_counts(tarry_sync *s, int *nopen, int *max_size);
 void tarry_sync_open(lua_State *L);
 
-/* ---- pg_connector.c ---- */
+/* ---- pg_pool.c: the async connector's pool of non-blocking connections on the loop ---- */
+typedef struct tarry_pool tarry_pool;
+/* A pool with no connection yet; NULL if out of memory. */
+tarry_pool *tarry_pool_new(struct ev_loop *loop, const char *conninfo, int max_size, int connect_timeout,
+                           double query_timeout, int prepared_statements);
+/* Connect n connections now, blocking: 0 with a message in err when one cannot. */
+int tarry_pool_connect(tarry_pool *p, int n, char *err, size_t errlen);
+/* Start n connections connecting in the loop (a failure reaches the queries waiting for them). */
+void tarry_pool_start(tarry_pool *p, int n);
+/* Park the running coroutine h until q's result arrives (use as `return tarry_pool_query(...)`). */
+int tarry_pool_query(lua_State *L, tarry_pool *p, tarry_co *h, const tarry_query *q);
+/* Run q blocking on an idle pooled connection: pushes the result (1) or an error object (0);
+   -1 (nothing pushed) when none is idle. */
+int tarry_pool_exec(lua_State *L, tarry_pool *p, const tarry_query *q);
+int tarry_pool_size(const tarry_pool *p);          /* connections open or opening */
+/* Pending queries get a "connection" error (wake) or are forgotten (the runtime is going away);
+   the connections go. Freed now, or once out of the callback that runs. */
+void tarry_pool_close(tarry_pool *p, int wake);
+
+/* ---- pg_connector.c: tarry.PgConnector, the pool's Lua face ---- */
 /* Run q through the connector at idx, choosing at call time: the async pool (yielding only this
    coroutine) inside an owned coroutine once open, else a blocking connection. Use as
    `return tarry_connector_query(...)`: it pushes one result or raises an error object. */

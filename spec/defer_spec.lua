@@ -340,9 +340,9 @@ describe("a database without the schema", function()
     local err = error_of(ctx.app.tasks.add.defer, ctx.app.tasks.add, { a = 1, b = 2 })
     assert.is_true(tarry.is_error(err))
     assert.are.equal("database", err.code)
-    -- PostgreSQL resolves the statement's ROW(...)::procrastinate_job_to_defer_v1 cast first.
-    assert.are.equal("42704", err.sqlstate)
-    assert.are.equal('tarry: database: type "procrastinate_job_to_defer_v1" does not exist (SQLSTATE 42704)',
+    -- The defer statement inserts into procrastinate_jobs (app.c's DEFER_SQL).
+    assert.are.equal("42P01", err.sqlstate)
+    assert.are.equal('tarry: database: relation "procrastinate_jobs" does not exist (SQLSTATE 42P01)',
       tostring(err))
   end)
 end)

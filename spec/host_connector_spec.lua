@@ -344,7 +344,7 @@ describe("tarry.HostConnector{ execute = fn }", function()
     assert.is_false(ok)
     assert.is_false(ok2)
     assert.are.equal("database", err.code)
-    assert.are.equal("42704", err.sqlstate)      -- type procrastinate_job_to_defer_v1 does not exist
+    assert.are.equal("42P01", err.sqlstate)      -- relation procrastinate_jobs does not exist
     assert.are.equal(pg_err.message, err.message)
     assert.are.equal(tostring(pg_err), tostring(err))
     assert.are.equal(1, select(2, tostring(err):gsub("SQLSTATE", "")))

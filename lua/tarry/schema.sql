@@ -532,6 +532,9 @@ $$;
 -- (UPDATE).  Row order comes from the transition table (row_number() over its scan order).
 
 -- INSERT: scheduled (at = scheduled_at) then deferred for each todo job; NOTIFY per queue.
+-- The event rows come out of the nested loop in its order, the transition table's scan order
+-- times the VALUES' (the lateral reference keeps VALUES inside), which is the order wanted: no
+-- row_number() and no sort, which cost a single-job defer about 9% of its backend instructions.
 CREATE FUNCTION tarry_jobs_insert_events()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -539,14 +542,12 @@ AS $$
 BEGIN
     INSERT INTO procrastinate_events (job_id, type, at)
     SELECT job.id, event.type, event.at
-    FROM (SELECT row_number() OVER () AS position, inserted.* FROM inserted_jobs AS inserted) AS job
+    FROM inserted_jobs AS job
     CROSS JOIN LATERAL (VALUES
-        (1, CASE WHEN job.scheduled_at IS NOT NULL
-                 THEN 'scheduled'::procrastinate_job_event_type END, job.scheduled_at),
-        (2, 'deferred'::procrastinate_job_event_type, now())
-    ) AS event (rank, type, at)
-    WHERE job.status = 'todo' AND event.type IS NOT NULL
-    ORDER BY job.position, event.rank;
+        ('scheduled'::procrastinate_job_event_type, job.scheduled_at),
+        ('deferred'::procrastinate_job_event_type, now())
+    ) AS event (type, at)
+    WHERE job.status = 'todo' AND (event.type = 'deferred' OR job.scheduled_at IS NOT NULL);
 
     -- Workers only use these as a wake-up: one per queue (naming its first new job) is enough.
     -- A queue name over 40 bytes makes pg_notify fail with 22023, as with the row-level triggers.
