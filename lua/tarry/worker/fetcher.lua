@@ -35,8 +35,9 @@ function Fetcher.new(w)
   return setmetatable({
     w = w,
     event = core.Event(),
-    queue = {},            -- prefetched jobs, not started yet, in the protocol's order
+    queue = {},            -- prefetched jobs, not started yet, the next to start last (see take)
     started_at = {},       -- job id -> when it started (for the pace of recent jobs)
+    last_start = -math.huge, -- when the latest job started
     pace = nil,            -- recent jobs' mean duration in seconds (nil: none ended yet)
     waiting = false,       -- in event:wait (the recorder writes outcomes itself meanwhile)
     combined = store.finish_fetch ~= nil,
@@ -64,10 +65,13 @@ function Fetcher:ahead()
 end
 
 -- True when every slot runs a job that started more than PREFETCH_WINDOW ago: queued jobs would wait.
+-- (Without blocking threads, the latest job to start holds a slot when none is free: if it started
+-- within the window, not every slot is held, and the running jobs need no count.)
 function Fetcher:slots_held()
   local w = self.w
   if w.runner:free() > 0 then return false end
   local since, old = core.now() - PREFETCH_WINDOW, 0
+  if not w.blocking and self.last_start >= since then return false end
   for _, t in pairs(self.started_at) do
     if t < since then old = old + 1 end
   end
@@ -129,7 +133,10 @@ function Fetcher:ended(id)
 end
 
 function Fetcher:start(job)
-  if self.w.opts.prefetch > 0 and self.can_release then self.started_at[job.id] = core.now() end
+  if self.w.opts.prefetch > 0 and self.can_release then
+    local now = core.now()
+    self.started_at[job.id], self.last_start = now, now
+  end
   self.w.runner:start(job)
 end
 
@@ -137,7 +144,7 @@ end
 function Fetcher:start_queued(stopping_too)
   local w = self.w
   while #self.queue > 0 and w.runner:free() > 0 and not w.forced and (stopping_too or not w.stopping) do
-    self:start(table.remove(self.queue, 1))
+    self:start(table.remove(self.queue))
   end
 end
 
@@ -157,15 +164,22 @@ function Fetcher:abort(id)
   return false
 end
 
--- Add fetched jobs: into free slots, the rest to the queue (kept in the protocol's order).
+-- a comes after b in the protocol's order (priority, then id).
+local function later(a, b)
+  if a.priority ~= b.priority then return a.priority < b.priority end
+  return a.id > b.id
+end
+
+-- Add fetched jobs: into free slots, the rest to the queue. The queue is in the protocol's order
+-- from its end, so that starting the next job takes the last one (taking the first moved all the
+-- others up, for each job).
 function Fetcher:take(jobs)
-  local queued = #self.queue > 0
-  for _, job in ipairs(jobs) do self.queue[#self.queue + 1] = job end
-  if queued then
-    table.sort(self.queue, function(a, b)
-      if a.priority ~= b.priority then return a.priority > b.priority end
-      return a.id < b.id
-    end)
+  local q = self.queue
+  if #q == 0 then
+    for i = #jobs, 1, -1 do q[#q + 1] = jobs[i] end          -- fetched in the protocol's order
+  else
+    for _, job in ipairs(jobs) do q[#q + 1] = job end
+    table.sort(q, later)
   end
   self:start_queued()
 end
