@@ -23,11 +23,49 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ctype.h>
+#include <dlfcn.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <ev.h>
 #include <microhttpd.h>
 
 #include "tarry_private.h"
+
+/* libmicrohttpd is opened when the first server starts, not linked: a process that serves nothing
+   (a worker without --dashboard, every other command) does not map it, nor the pages it touches
+   in its dependencies (about 160 KiB resident). The table is the process's, filled once and only
+   read afterwards; nothing of a server's state is in it. */
+#define MHD_FUNCTIONS(X) X(start_daemon) X(stop_daemon) X(run) X(get_timeout) X(get_daemon_info) \
+    X(get_connection_values) X(create_response_from_buffer) X(destroy_response) X(add_response_header) \
+    X(queue_response) X(suspend_connection) X(resume_connection)
+#define MHD_POINTER(name) __typeof__(MHD_##name) *name;
+static struct { MHD_FUNCTIONS(MHD_POINTER) } mhd;
+static char mhd_error[256];
+static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
+
+static void mhd_open(void)
+{
+    void *lib = dlopen(TARRY_MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
+    const char *missing = NULL;
+    if (!lib) {
+        snprintf(mhd_error, sizeof mhd_error, "%s", dlerror());
+        return;
+    }
+#define MHD_LOAD(name) if (!missing && !(*(void **)&mhd.name = dlsym(lib, "MHD_" #name))) missing = "MHD_" #name;
+    MHD_FUNCTIONS(MHD_LOAD)
+#undef MHD_LOAD
+    if (missing) snprintf(mhd_error, sizeof mhd_error, "%s has no %s", TARRY_MHD_SONAME, missing);
+}
+
+/* Raises unless libmicrohttpd could be opened. */
+static void mhd_need(lua_State *L)
+{
+    pthread_once(&mhd_once, mhd_open);
+    if (mhd_error[0]) {
+        tarry_push_error(L, "listen", "the HTTP server needs libmicrohttpd: %s", mhd_error);
+        lua_error(L);
+    }
+}
 
 #define TARRY_HTTP_MT "tarry.HttpServer"
 #define TARRY_HTTP_REQ_MT "tarry.HttpRequest"
@@ -67,9 +105,9 @@ struct http_req {
 static void http_run(tarry_http *s)
 {
     MHD_UNSIGNED_LONG_LONG ms;
-    MHD_run(s->d);
+    mhd.run(s->d);
     tarry_timer_stop(s->loop, &s->timer);
-    if (MHD_get_timeout(s->d, &ms) == MHD_YES) {
+    if (mhd.get_timeout(s->d, &ms) == MHD_YES) {
         ev_timer_set(&s->timer, (double)ms / 1000.0, 0.);
         tarry_timer_start(s->loop, &s->timer);
     }
@@ -150,10 +188,10 @@ static void push_request(lua_State *L, http_req *r)
     lua_pushlstring(L, r->body ? r->body : "", r->len);
     lua_setfield(L, -2, "body");
     lua_newtable(L);
-    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, header_cb, L);
+    mhd.get_connection_values(r->conn, MHD_HEADER_KIND, header_cb, L);
     lua_setfield(L, -2, "headers");
     lua_newtable(L);
-    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_cb, L);
+    mhd.get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_cb, L);
     lua_setfield(L, -2, "query");
     lua_setiuservalue(L, -2, 1);
 }
@@ -180,9 +218,9 @@ static void hand_over(tarry_http *s, http_req *r)
     lua_pop(T, 1);
     if (r->ud) r->ud->r = NULL;
     r->ud = NULL;
-    if ((r->resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT))) {
+    if ((r->resp = mhd.create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT))) {
         r->status = 500;
-        MHD_resume_connection(r->conn);
+        mhd.resume_connection(r->conn);
         http_kick(s);
     }
 }
@@ -193,7 +231,7 @@ static void free_request(http_req *r)
     if (r->prev_live) r->prev_live->next_live = r->next_live; else s->live = r->next_live;
     if (r->next_live) r->next_live->prev_live = r->prev_live;
     if (r->ud) r->ud->r = NULL;
-    if (r->resp) MHD_destroy_response(r->resp);
+    if (r->resp) mhd.destroy_response(r->resp);
     free(r->body);
     free(r);
 }
@@ -207,12 +245,12 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 static enum MHD_Result answer_text(struct MHD_Connection *c, unsigned status, const char *text)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp = mhd.create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
     enum MHD_Result ret;
     if (!resp) return MHD_NO;
-    MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
-    ret = MHD_queue_response(c, status, resp);
-    MHD_destroy_response(resp);
+    mhd.add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
+    ret = mhd.queue_response(c, status, resp);
+    mhd.destroy_response(resp);
     return ret;
 }
 
@@ -254,15 +292,15 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
     if (!r) return (*con_cls = new_request(s, c, url, method)) ? MHD_YES : MHD_NO;
     if (*size) { add_body(r, data, *size); *size = 0; return MHD_YES; }
     if (r->resp) {
-        enum MHD_Result ret = MHD_queue_response(c, r->status, r->resp);
-        MHD_destroy_response(r->resp);
+        enum MHD_Result ret = mhd.queue_response(c, r->status, r->resp);
+        mhd.destroy_response(r->resp);
         r->resp = NULL;
         return ret;
     }
     if (r->too_large) return answer_text(c, 413, "request body too large\n");
     if (r->suspended) return answer_text(c, 503, "the server is closing\n");  /* resumed by close() */
     r->suspended = 1;
-    MHD_suspend_connection(c);
+    mhd.suspend_connection(c);
     hand_over(s, r);
     return MHD_YES;
 }
@@ -280,13 +318,13 @@ static int req_respond(lua_State *L)
     luaL_argcheck(L, status >= 100 && status <= 599, 2, "an HTTP status from 100 to 599");
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     if (!r || r->resp || !r->suspended) { lua_pushboolean(L, 0); return 1; }
-    if (!(resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY)))
+    if (!(resp = mhd.create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY)))
         return luaL_error(L, "out of memory");
     if (lua_istable(L, 3)) {
         lua_pushnil(L);
         while (lua_next(L, 3)) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-                MHD_add_response_header(resp, lua_tostring(L, -2), lua_tostring(L, -1));
+                mhd.add_response_header(resp, lua_tostring(L, -2), lua_tostring(L, -1));
             lua_pop(L, 1);
         }
     }
@@ -294,7 +332,7 @@ static int req_respond(lua_State *L)
     r->status = (unsigned)status;
     r->ud = NULL;
     u->r = NULL;
-    MHD_resume_connection(r->conn);
+    mhd.resume_connection(r->conn);
     http_kick(r->srv);
     lua_pushboolean(L, 1);
     return 1;
@@ -320,11 +358,11 @@ static int req_gc(lua_State *L)
     req_ud *u = luaL_checkudata(L, 1, TARRY_HTTP_REQ_MT);
     http_req *r = u->r;
     if (!r) return 0;
-    r->resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    r->resp = mhd.create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     r->status = 500;
     r->ud = NULL;
     u->r = NULL;
-    if (r->resp) { MHD_resume_connection(r->conn); http_kick(r->srv); }
+    if (r->resp) { mhd.resume_connection(r->conn); http_kick(r->srv); }
     return 0;
 }
 
@@ -351,11 +389,11 @@ static int http_close(lua_State *L)
     if (!s->d) return 0;
     for (http_req *r = s->live; r; r = r->next_live) {
         if (r->ud) { r->ud->r = NULL; r->ud = NULL; }
-        if (r->suspended && !r->resp) MHD_resume_connection(r->conn);
+        if (r->suspended && !r->resp) mhd.resume_connection(r->conn);
     }
-    MHD_run(s->d);
+    mhd.run(s->d);
     http_watch(s, -1, 0);
-    MHD_stop_daemon(s->d);
+    mhd.stop_daemon(s->d);
     s->d = NULL;
     while (s->live) free_request(s->live);    /* any MHD did not report completed */
     return 0;
@@ -395,8 +433,9 @@ static void start_daemon(lua_State *L, tarry_http *s, struct sockaddr_storage *s
 {
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | (sa->ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     const union MHD_DaemonInfo *info;
+    mhd_need(L);
     errno = 0;
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, access_cb, s,
+    s->d = mhd.start_daemon(flags, 0, NULL, NULL, access_cb, s,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)sa,
                             MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
@@ -407,8 +446,8 @@ static void start_daemon(lua_State *L, tarry_http *s, struct sockaddr_storage *s
                          errno ? strerror(errno) : "libmicrohttpd refused to start");
         lua_error(L);
     }
-    if ((info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT))) s->port = info->port;
-    info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if ((info = mhd.get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT))) s->port = info->port;
+    info = mhd.get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
     http_watch(s, info->epoll_fd, 1);
     http_run(s);
 }

@@ -1,17 +1,20 @@
 -- The benchmark itself; scripts/bench runs it inside a throwaway PostgreSQL with `tarry run`.
 local tarry = require "tarry"
 local schema = require "tarry.schema"
+local PgJobs = require "tarry.pg_jobs"
 
 local build = arg[1] or "build"
 local TARRY = build .. "/bin/tarry"
 
 -- Options after the build directory: --quick (smaller runs, no retention table, under a minute),
 -- --million (also: a worker's RSS over 1,000,000 jobs; takes minutes), --only SECTION (defer,
--- worker, latency, million or delete_old), --baseline (worker runs with defaults only).
+-- worker, latency, million or delete_old; or ceiling or profile, which only run when named),
+-- --baseline (worker runs with defaults only), --reps N (ceiling and profile: runs per case),
+-- --batches LIST and --clients LIST (ceiling: jobs per statement, pgbench clients; "100,256").
 local OPTS = {}
 for i = 2, #arg do
   local k, v = arg[i]:match("^%-%-([%w_-]+)=?(.*)$")
-  if k == "only" and v == "" then k, v = "only", arg[i + 1] end
+  if (k == "only" or k == "reps" or k == "batches" or k == "clients") and v == "" then v = arg[i + 1] end
   if k then OPTS[k] = v ~= "" and v or true end
 end
 
@@ -32,7 +35,7 @@ end
 
 local function row(cols, widths)
   local out = {}
-  for i, c in ipairs(cols) do out[i] = string.format("%-" .. widths[i] .. "s", tostring(c)) end
+  for i, c in ipairs(cols) do out[i] = tostring(c) .. string.rep(" ", widths[i] - #tostring(c)) end
   print("| " .. table.concat(out, " | ") .. " |")
 end
 
@@ -264,6 +267,285 @@ if (OPTS.million and want("million")) or OPTS.only == "million" then
   table_print(string.format("Worker RSS over %d jobs (one waiting worker, -c 10, --delete-jobs successful; "
     .. "%.0f jobs/s overall, deferring included)", total, total / dt), { "jobs done", "RSS MiB" }, rows)
 end
+-- ---- the database's ceiling for the worker's own statements (--only ceiling) ----
+-- pgbench, no tarry worker, sends the statements a worker sends (tarry/pg_jobs.lua, taken from the
+-- store after register, so they follow pg_jobs.lua): the fetch is store:finish_fetch with no
+-- outcomes (Fetcher:finish_fetch), the finish store:finish, or for --lean store:finish_fetch
+-- fetching nothing (Recorder:finish); tarry's functions set tarry.update_events themselves. Each
+-- pgbench client fetches n jobs, then finishes them, as its two autocommit statements, prepared
+-- (-M prepared, as execute_prepared): the fetch's rows come back as the four array literals the
+-- finish takes (an array_agg around the fetch, in place of the worker's encoding them).
+-- Only the queues (NULL: every queue) go in as a literal: pgbench cannot bind a NULL.
+-- Modes: events (the schema as is), lean (no event rows, as --lean), bare (the UPDATE triggers
+-- dropped: the statements with no trigger at all, the floor). Every run a fresh queue.
+-- CPU: /proc's cutime + cstime, of this process (the pgbench or worker processes it waited for)
+-- and of the postmaster (the backends that exited: those of the run, and any autovacuum worker).
+local PGBENCH = os.getenv("PGBENCH") or "/usr/lib/postgresql/15/bin/pgbench"
+local REPS = tonumber(OPTS.reps) or 3
+local CLK_TCK = tonumber(io.popen("getconf CLK_TCK"):read("l")) or 100
+local POSTMASTER = (function()
+  local f = io.open(admin:execute("SELECT current_setting('data_directory') AS d")[1].d .. "/postmaster.pid")
+  local pid = f and f:read("l")
+  if f then f:close() end
+  return pid
+end)()
+
+-- CPU seconds of pid's waited-for children so far (nil when its /proc entry cannot be read).
+local function children_cpu(pid)
+  local f = pid and io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local fields = {}
+  for x in f:read("a"):match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = x end
+  f:close()
+  return (tonumber(fields[14]) + tonumber(fields[15])) / CLK_TCK   -- stat's 16th and 17th fields
+end
+
+-- fn() run with the client's CPU (this process's children) and the server's measured: its
+-- result, client CPU s, server CPU s. The backends of the run must have exited to be counted.
+local function with_cpu(app, fn)
+  local c0, s0 = children_cpu("self"), children_cpu(POSTMASTER)
+  local result = fn()
+  repeat tarry.sleep(0.02) until app.connector:execute([[SELECT count(*) AS n FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()]])[1].n == 0
+  tarry.sleep(0.05)
+  local c1, s1 = children_cpu("self"), children_cpu(POSTMASTER)
+  return result, c1 - c0, s0 and s1 - s0
+end
+
+local function median(xs)
+  local s = table.move(xs, 1, #xs, 1, {})
+  table.sort(s)
+  if #s == 0 then return nil end
+  return #s % 2 == 1 and s[(#s + 1) // 2] or (s[#s // 2] + s[#s // 2 + 1]) / 2
+end
+
+-- The pgbench script of one fetch of n (:n) and the finish of what it fetched.
+local function pgbench_script(store, mode)
+  local function bind(sql, values) return (sql:gsub("%$(%d+)", function(k) return values[tonumber(k)] end)) end
+  local fetch = bind(store.finish_fetch_sql, { ":e", ":e", ":e", ":e", "NULL", ":w", ":n", ":lean" })
+  local finish = mode == "lean" and bind(store.finish_fetch_sql, { ":ids", ":statuses", ":dels", ":ats", "NULL", ":w", ":z", ":lean" })
+    or bind(store.finish_sql, { ":ids", ":statuses", ":dels", ":ats" })
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write("SELECT coalesce(array_agg(id)::text, '{}') AS ids, coalesce(array_agg('succeeded'::text)::text, '{}') AS statuses,\n"
+    .. "  coalesce(array_agg(false)::text, '{}') AS dels, coalesce(array_agg(NULL::float8)::text, '{}') AS ats FROM (\n"
+    .. fetch .. "\n) AS fetched\n\\gset\n" .. finish .. ";\n")
+  f:close()
+  return path
+end
+
+-- One pgbench run: clients x transactions fetch-and-finish pairs of n jobs on a fresh queue; jobs/s
+-- (pgbench's rate, without its connection time), client CPU s, server CPU s, all per run.
+local function pgbench_run(mode, n, clients)
+  local per = math.max(1, (n == 1 and 4000 or 20000) // (clients * n))
+  local app = queue_of(20000 + 2 * clients * n)
+  local store = PgJobs.new(app.connector)
+  local worker = store:register(30)
+  if mode == "bare" then
+    app.connector:execute("DROP TRIGGER tarry_jobs_update_events ON procrastinate_jobs")
+    app.connector:execute("DROP TRIGGER tarry_jobs_note_abort_requested_set ON procrastinate_jobs")
+  end
+  local script = pgbench_script(store, mode)
+  local out, ccpu, scpu = with_cpu(app, function()
+    local p = io.popen(string.format("%s -n -M prepared -c %d -j %d -t %d -f %s -D w=%d -D n=%d -D z=0 -D 'e={}' "
+      .. "-D lean=%s bench_worker 2>&1", PGBENCH, clients, math.min(clients, 2), per, script, worker, n, mode == "lean"))
+    local text = p:read("a")
+    p:close()
+    return text
+  end)
+  os.remove(script)
+  local tps = tonumber(out:match("tps = ([%d.]+) %(without initial connection time%)"))
+  local done = succeeded(app)
+  assert(tps and done == clients * per * n, "pgbench did not finish every job it fetched: " .. done .. "\n" .. out)
+  app.connector:close()
+  return tps * n, ccpu / done * 1e6, scpu and scpu / done * 1e6
+end
+
+-- One worker run on a fresh queue of WORKER_JOBS jobs: wall, worker CPU and server CPU, in seconds.
+-- before(): called once the queue is ready, just before the worker starts.
+local function worker_run(options, before)
+  local app = queue_of(WORKER_JOBS)
+  if before then before() end
+  local dt, ccpu, scpu = with_cpu(app, function()
+    local t0 = tarry.now()
+    local cmd = string.format("%s worker --app %s --one-shot --log-level warning %s", TARRY, APP, options)
+    assert(os.execute(cmd))
+    return tarry.now() - t0
+  end)
+  assert(succeeded(app) == WORKER_JOBS, "not every job succeeded")
+  app.connector:close()
+  return dt, ccpu, scpu
+end
+
+-- A list of numbers from an option's "a,b,c" (nil without one).
+local function numbers(list)
+  if type(list) ~= "string" then return nil end
+  local out = {}
+  for x in list:gmatch("%d+") do out[#out + 1] = tonumber(x) end
+  return out
+end
+
+local function load_avg() return io.open("/proc/loadavg"):read("a"):match("^(%S+ %S+ %S+)") end
+
+if OPTS.only == "ceiling" then
+  local MODES = { events = "defaults (event rows)", lean = "lean (no event rows)", bare = "UPDATE triggers dropped" }
+  local cases = {}
+  for _, mode in ipairs { "events", "lean", "bare" } do
+    for _, n in ipairs(numbers(OPTS.batches) or OPTS.quick and { 16, 100 } or { 1, 16, 100, 256 }) do
+      for _, clients in ipairs(numbers(OPTS.clients) or OPTS.quick and { 1, 2 } or { 1, 2, 10 }) do
+        cases[#cases + 1] = { label = MODES[mode], mode = mode, n = n, clients = clients,
+          run = function() return pgbench_run(mode, n, clients) end }
+      end
+    end
+  end
+  for _, w in ipairs { { "-c 10", "events" }, { "-c 10 --lean", "lean" }, { "-c 100", "events" }, { "-c 100 --lean", "lean" } } do
+    cases[#cases + 1] = { label = "tarry worker " .. w[1], mode = w[2], worker = true,
+      run = function()
+        local dt, ccpu, scpu = worker_run(w[1])
+        return WORKER_JOBS / dt, ccpu / WORKER_JOBS * 1e6, scpu and scpu / WORKER_JOBS * 1e6
+      end }
+  end
+  local loads = { load_avg() }
+  for _ = 1, REPS do   -- every case once per repetition: the machine's load falls on all alike
+    for _, case in ipairs(cases) do
+      local r, c, s = case.run()
+      case.rate, case.client, case.server = case.rate or {}, case.client or {}, case.server or {}
+      table.insert(case.rate, r); table.insert(case.client, c); table.insert(case.server, s or 0)
+    end
+    loads[#loads + 1] = load_avg()
+  end
+  local rows, best = {}, {}
+  for _, case in ipairs(cases) do
+    local r = median(case.rate)
+    table.sort(case.rate)
+    if not case.worker then best[case.mode] = math.max(best[case.mode] or 0, r) end
+    if case.clients == 2 then best[case.mode .. "2"] = math.max(best[case.mode .. "2"] or 0, r) end
+    rows[#rows + 1] = { case.label, case.worker and "" or case.n, case.worker and "" or case.clients, rate(r, 1),
+      string.format("%s-%s", rate(case.rate[1], 1), rate(case.rate[#case.rate], 1)),
+      string.format("%.0f", median(case.server)), string.format("%.0f", median(case.client)) }
+  end
+  table_print(string.format("Database ceiling: the worker's fetch + finish statements from pgbench (no worker), "
+    .. "fresh queue of 20,000+ jobs per run; medians of %d runs (load average before and after each round: %s)",
+    REPS, table.concat(loads, " / ")),
+    { "statements", "jobs/statement", "pgbench clients", "jobs/s", "range", "server CPU us/job", "client CPU us/job" }, rows)
+  for _, case in ipairs(cases) do
+    if case.worker then
+      local r, b, b2 = median(case.rate), best[case.mode], best[case.mode .. "2"]
+      print(string.format("%s: %s jobs/s, %.0f%% of the best pgbench row of its mode (%s jobs/s)%s", case.label,
+        rate(r, 1), 100 * r / b, rate(b, 1), b2 and string.format(", %.0f%% of the best with 2 clients, as many "
+        .. "statements in flight as the worker's fetcher and recorder (%s jobs/s)", 100 * r / b2, rate(b2, 1)) or ""))
+    end
+  end
+end
+
+-- ---- where a worker's time goes (--only profile) ----
+-- One worker at -c 10 (defaults, then --lean) on a fresh queue with pg_stat_statements on (the
+-- throwaway server was started with it preloaded, track = all: the statements inside tarry's
+-- functions and triggers count too, as nested ones): per statement its calls, time and rows
+-- against the run's wall time, and the worker's and the server's CPU; medians of --reps runs.
+-- Then auto_explain of one fetch of 100 (the worker's statement, prepared, after warm-up calls).
+local function statement_label(q)
+  return (q:gsub("%s+", " "):sub(1, 90))
+end
+
+local function explain_fetch(n)
+  local app = queue_of(20000)
+  local store = PgJobs.new(app.connector)
+  local worker = store:register(30)
+  local sql = os.tmpname()
+  local f = assert(io.open(sql, "w"))
+  local execute = string.format("EXECUTE worker_fetch('{}', '{}', '{}', '{}', NULL, %d, %d, false);\n", worker, n)
+  f:write("LOAD 'auto_explain';\nSET auto_explain.log_analyze = on;\nSET auto_explain.log_buffers = on;\n"
+    .. "SET auto_explain.log_nested_statements = on;\nSET auto_explain.log_level = notice;\n"
+    .. "PREPARE worker_fetch AS " .. store.finish_fetch_sql .. ";\n" .. string.rep(execute, 6)
+    .. "SET auto_explain.log_min_duration = 0;\n" .. execute)
+  f:close()
+  local p = io.popen(string.format("psql -X -q -v ON_ERROR_STOP=1 -d bench_worker -f %s 2>&1 >/dev/null", sql))
+  local out = p:read("a")
+  local ok = p:close()
+  os.remove(sql)
+  app.connector:close()
+  assert(ok, "psql failed:\n" .. out)
+  print(string.format("\nauto_explain of the worker's fetch of %d jobs (the 7th call on its connection; "
+    .. "every plan it ran, nested ones first; the durations include auto_explain's own work for every nested "
+    .. "plan, such as each foreign-key check: read the nodes' actual times):", n))
+  local groups, order = {}, {}   -- the plans of one statement text together, in the order they ended
+  for duration, plan in (out .. "\npsql:"):gmatch("duration: ([%d.]+) ms%s+plan:\n(.-)\npsql:") do
+    local label = statement_label(plan:match("Query Text: ([^\n]*)") or "?")
+    if not groups[label] then groups[label], order[#order + 1] = { n = 0, ms = 0 }, label end
+    local g = groups[label]
+    g.n, g.ms, g.plan = g.n + 1, g.ms + tonumber(duration), plan
+  end
+  for _, label in ipairs(order) do
+    local g = groups[label]
+    print(string.format("  %4d x %8.3f ms  %s", g.n, g.ms, label))
+    for line in g.plan:gmatch("[^\n]+") do   -- the nodes of the plans that took some time (the last one)
+      if g.ms / g.n >= 0.1 and (line:match("actual") or line:match("Buffers")) then print("                    " .. line) end
+    end
+  end
+end
+
+if OPTS.only == "profile" then
+  local preload = admin:execute("SELECT current_setting('shared_preload_libraries') AS v")[1].v
+  assert(preload:match("pg_stat_statements"), "--only profile needs pg_stat_statements preloaded: run it through scripts/bench")
+  admin:execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+  local loads = { load_avg() }
+  local cases = { { "-c 10", "defaults" }, { "-c 10 --lean", "--lean" } }
+  for _ = 1, REPS do
+    for _, case in ipairs(cases) do
+      local dt, ccpu, scpu = worker_run(case[1], function() admin:execute("SELECT pg_stat_statements_reset()") end)
+      case.runs = case.runs or {}
+      local run = { wall = dt, worker = ccpu, server = scpu or 0, statements = {} }
+      for _, s in ipairs(admin:execute([[
+          SELECT s.toplevel, s.query, s.calls, s.total_exec_time AS ms, s.rows
+          FROM pg_stat_statements AS s JOIN pg_database AS d ON d.oid = s.dbid
+          WHERE d.datname = 'bench_worker']])) do
+        run.statements[(s.toplevel and "" or "  (nested) ") .. statement_label(s.query)] = s
+      end
+      table.insert(case.runs, run)
+    end
+    loads[#loads + 1] = load_avg()
+  end
+  local nproc = tonumber(io.popen("nproc"):read("l"))
+  for _, case in ipairs(cases) do
+    local function med(get)
+      local xs = {}
+      for _, r in ipairs(case.runs) do xs[#xs + 1] = get(r) end
+      return median(xs)
+    end
+    local wall = med(function(r) return r.wall end)
+    local labels, rows = {}, {}
+    for label in pairs(case.runs[1].statements) do labels[#labels + 1] = label end
+    local function stat(label, k) return med(function(r) local s = r.statements[label]; return s and s[k] or 0 end) end
+    table.sort(labels, function(a, b) return stat(a, "ms") > stat(b, "ms") end)
+    for _, label in ipairs(labels) do
+      local ms = stat(label, "ms")
+      if ms >= wall * 1000 * 0.005 then
+        local calls = stat(label, "calls")
+        rows[#rows + 1] = { label, string.format("%.0f", calls), string.format("%.0f", ms), string.format("%.3f", ms / calls),
+          string.format("%.0f", stat(label, "rows")), string.format("%.4f", ms / WORKER_JOBS),
+          string.format("%.0f%%", 100 * ms / (wall * 1000)) }
+      end
+    end
+    table_print(string.format("Where the time goes: `tarry worker --one-shot %s` (%s), %d no-op jobs, pg_stat_statements "
+      .. "(track = all), medians of %d runs; wall %.2f s (%s jobs/s) (load average: %s)", case[1], case[2], WORKER_JOBS,
+      REPS, wall, rate(WORKER_JOBS, wall), table.concat(loads, " / ")),
+      { "statement (nested: inside a function or trigger)", "calls", "total ms", "mean ms", "rows", "ms per job",
+        "share of wall (summed over connections)" }, rows)
+    local worker, server = med(function(r) return r.worker end), med(function(r) return r.server end)
+    table_print("CPU against wall time (medians)", { "measure", "seconds", "per job", "share" }, {
+      { "wall", string.format("%.2f", wall), string.format("%.1f us", wall / WORKER_JOBS * 1e6), "" },
+      { "worker process CPU (user + system)", string.format("%.2f", worker),
+        string.format("%.1f us", worker / WORKER_JOBS * 1e6), string.format("%.0f%% of one core", 100 * worker / wall) },
+      { "server CPU (its backends and autovacuum)", string.format("%.2f", server),
+        string.format("%.1f us", server / WORKER_JOBS * 1e6), string.format("%.0f%% of one core", 100 * server / wall) },
+      { "both, of the machine's " .. nproc .. " cores", string.format("%.2f", worker + server), "",
+        string.format("%.0f%%", 100 * (worker + server) / (wall * nproc)) },
+    })
+  end
+  explain_fetch(100)
+end
+
 os.remove(APP)
 if (not OPTS.quick and want("delete_old")) then bench_delete_old() end
 admin:close()

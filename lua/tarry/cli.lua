@@ -9,10 +9,12 @@
 -- Each option also reads `TARRY_<OPTION>` (`--queueing-lock`: `TARRY_QUEUEING_LOCK`) when it is
 -- not on the command line.
 -- @module tarry.cli
-local argparse = require "argparse"
 local tarry = require "tarry"
 local Log = require "tarry.log"
-local spec = require "tarry.cli_parser"
+
+-- The parser's definition (tarry.cli_parser) and lua-argparse: required when a command line is
+-- parsed, and let go of by the commands that run for long (see dispatch).
+local function spec() return require "tarry.cli_parser" end
 
 local M = {}
 
@@ -81,7 +83,7 @@ end
 --- The argparse parser of the whole command line (built by tarry.cli_parser). `on_help(parser)`
 -- is called when -h/--help is met; it must raise (parsing stops there).
 function M.parser(on_help)
-  return spec.build(argparse, on_help)
+  return spec().build(require "argparse", on_help)
 end
 
 local HELP = "\0tarry-help\0"   -- raised by the help action, through argparse, to stop parsing
@@ -115,12 +117,12 @@ function M.parse(argv)
   local words, script_args = split_run(argv)
   local help_for
   local parser = M.parser(function(p) help_for = p; error(HELP, 0) end)
-  local ok, ok2, result = pcall(parser.pparse, parser, spec.join_negative(words))
-  if help_for then return { command = "help", topic = spec.topic_of(help_for) } end
+  local ok, ok2, result = pcall(parser.pparse, parser, spec().join_negative(words))
+  if help_for then return { command = "help", topic = spec().topic_of(help_for) } end
   if not ok then error(ok2, 0) end                      -- a bug of the parser's definition
   if not ok2 then M.usage_error("%s", result) end
   result.script_args = script_args
-  return spec.finish(result, M.usage_error)
+  return spec().finish(result, M.usage_error)
 end
 
 -- ---- running ----
@@ -216,8 +218,14 @@ local COMMANDS = {
   end,
 }
 
+-- The commands that run until they are stopped: they drop the parser (about 190 KiB of Lua
+-- data: lua-argparse and tarry.cli_parser) once the command line is parsed. A later require of
+-- either loads it again.
+local LONG_RUNNING = { worker = true, dashboard = true }
+
 local function dispatch(argv)
   local cmd = M.parse(argv)
+  if LONG_RUNNING[cmd.command] then package.loaded.argparse, package.loaded["tarry.cli_parser"] = nil, nil end
   -- --query-timeout (TARRY_QUERY_TIMEOUT) is the default of every connector that does not set
   -- query_timeout: the CLI's, the --app file's, those of blocking tasks' threads. Set before any.
   if cmd.query_timeout then require("tarry.core").set_default_query_timeout(cmd.query_timeout) end

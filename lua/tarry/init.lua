@@ -10,18 +10,22 @@
 -- @module tarry
 local core = require "tarry.core"
 local app_methods = require "tarry.app"
-local memory = require "tarry.memory"
-local host = require "tarry.host_connector"
+
+-- The MemoryConnector and the HostConnector are loaded on first use: a worker on a PgConnector
+-- (most processes) never needs them (about 50 KiB of Lua data). Tail calls, so that their
+-- errors still point at the caller.
+local function memory() return require "tarry.memory" end
+local function host() return require "tarry.host_connector" end
 
 local tarry = {
   version = core.version,
   PgConnector = core.PgConnector,
   SyncPgConnector = core.SyncPgConnector,
-  MemoryConnector = memory.new,
+  MemoryConnector = function(...) return memory().new(...) end,
   --- tarry.HostConnector{ execute = fn }: defer on the host's own connection, in its transaction
   -- (tarry/host_connector.lua); tarry.HostConnector.luasql(conn) for a LuaSQL connection.
-  HostConnector = setmetatable({ luasql = host.luasql }, {
-    __call = function(_, opts) return host.new(opts) end,
+  HostConnector = setmetatable({ luasql = function(...) return host().luasql(...) end }, {
+    __call = function(_, opts) return host().new(opts) end,
     __tostring = function() return "<tarry.HostConnector constructor: tarry.HostConnector{ execute = fn }, .luasql(conn)>" end,
   }),
   --- Sleep `seconds`: parks only the current coroutine inside a tarry coroutine, blocks elsewhere.

@@ -7,7 +7,7 @@
 -- once per tick across all workers and machines (see tarry/store.lua). A task receives its tick
 -- as `args.timestamp` (unix seconds), as Procrastinate passes it.
 local core = require "tarry.core"
-local cron = require "tarry.cron"
+-- tarry.cron is loaded by the first schedule (an app without one never needs it).
 local options = require "tarry.options"
 
 local M = {}
@@ -41,7 +41,7 @@ end
 --- Validate a schedule of task `def` and add it to `list` (the app registry's). Raises at `level`.
 function M.register(list, expr, def, opts, level)
   local what = string.format("app:periodic(%q, %q)", tostring(expr), def.name)
-  local schedule = cron.parse(expr, level + 1)
+  local schedule = require("tarry.cron").parse(expr, level + 1)
   opts = options.check_known(opts, OPTIONS, what, level + 1)
   local pid = opts.periodic_id or ""
   if type(pid) ~= "string" or (utf8.len(pid) or 129) > 128 then

@@ -3,7 +3,6 @@
 -- @module tarry.task
 local core = require "tarry.core"
 local options = require "tarry.options"
-local cron = require "tarry.cron"
 local PendingDefer = require "tarry.pending_defer"
 
 local Task = { __name = "tarry.Task" }
@@ -29,7 +28,7 @@ function Task.definition(name, opts, fn, level)
   local aliases = opts.aliases or {}
   if type(aliases) ~= "table" then error(what .. ": aliases must be a list of names", level + 1) end
   for _, a in ipairs(aliases) do options.check_name(a, what .. " alias", level + 1) end
-  if opts.cron ~= nil then cron.parse(opts.cron, level + 1) end     -- a bad schedule raises here
+  if opts.cron ~= nil then require("tarry.cron").parse(opts.cron, level + 1) end     -- a bad schedule raises here
   if opts.blocking ~= nil and type(opts.blocking) ~= "boolean" then
     error(string.format("%s: blocking must be a boolean, got %s", what, type(opts.blocking)), level + 1)
   end
