@@ -4,15 +4,17 @@
 --
 -- Round trips are saved by taking jobs ahead: with `prefetch` above the concurrency, the worker
 -- holds up to `prefetch` jobs (running, and queued in a local queue), starts a queued one as soon
--- as a slot frees up, without a round trip, and fetches again only when half of what it may hold
--- is missing. It queues only as many as its recent jobs say it starts within PREFETCH_WINDOW
--- seconds, none while every slot runs a long job, and what waited `prefetch_hold` seconds then
--- goes back to todo: a worker busy with long jobs holds none back from the others for long. A
--- queued job is `doing` with this worker's id like a running one: no other worker takes it,
--- stalled recovery treats it as running here, and a graceful stop puts the unstarted ones back to
--- `todo` (store:release). Ended jobs whose outcome the recorder has not written yet are `doing`
--- too: the worker fetches only while it holds fewer than twice max(prefetch, concurrency) jobs in
--- all (running, queued, ending), so a recorder that falls behind slows the fetching down.
+-- as a slot frees up, without a round trip, and fetches again when half of what it may hold is
+-- missing, or sooner, as soon as a few are, when what it holds would run out before a fetch
+-- returns (short jobs: the fetch then runs while the jobs do, not in turn with them). It queues
+-- only as many as its recent jobs say it starts within PREFETCH_WINDOW seconds, none while every
+-- slot runs a long job, and what waited `prefetch_hold` seconds then goes back to todo: a worker
+-- busy with long jobs holds none back from the others for long. A queued job is `doing` with this
+-- worker's id like a running one: no other worker takes it, stalled recovery treats it as running
+-- here, and a graceful stop puts the unstarted ones back to `todo` (store:release). Ended jobs
+-- whose outcome the recorder has not written yet are `doing` too: the worker fetches only while it
+-- holds fewer than twice max(prefetch, concurrency) jobs in all (running, queued, ending), so a
+-- recorder that falls behind slows the fetching down.
 -- @module tarry.worker.fetcher
 local core = require "tarry.core"
 local Health = require "tarry.worker.health"
@@ -30,14 +32,20 @@ local PREFETCH_WINDOW = 0.05
 -- recorder writes every batch (a lean worker's through store:finish_fetch, fetching nothing).
 local COMBINE_MAX = 0
 
+-- A fetch that goes out before half of what the worker may hold is missing (Fetcher:should_fetch)
+-- asks for at least this many jobs.
+local EARLY_MIN = 16
+
 function Fetcher.new(w)
   local store = w.store
   return setmetatable({
     w = w,
     event = core.Event(),
-    queue = {},            -- prefetched jobs, not started yet, in the protocol's order
+    queue = {},            -- prefetched jobs, not started yet, the next to start last (see take)
     started_at = {},       -- job id -> when it started (for the pace of recent jobs)
+    last_start = -math.huge, -- when the latest job started
     pace = nil,            -- recent jobs' mean duration in seconds (nil: none ended yet)
+    fetch_time = nil,      -- recent fetches' mean duration in seconds (nil: none yet)
     waiting = false,       -- in event:wait (the recorder writes outcomes itself meanwhile)
     combined = store.finish_fetch ~= nil,
     can_release = store.release ~= nil,
@@ -64,10 +72,13 @@ function Fetcher:ahead()
 end
 
 -- True when every slot runs a job that started more than PREFETCH_WINDOW ago: queued jobs would wait.
+-- (Without blocking threads, the latest job to start holds a slot when none is free: if it started
+-- within the window, not every slot is held, and the running jobs need no count.)
 function Fetcher:slots_held()
   local w = self.w
   if w.runner:free() > 0 then return false end
   local since, old = core.now() - PREFETCH_WINDOW, 0
+  if not w.blocking and self.last_start >= since then return false end
   for _, t in pairs(self.started_at) do
     if t < since then old = old + 1 end
   end
@@ -104,12 +115,25 @@ end
 
 -- A fetch is worth a round trip when nothing is queued, or when half of what the worker may run
 -- and queue is missing: one round trip then brings many jobs, instead of many round trips a few
--- each.
+-- each. Sooner when the jobs in hand would all have ended before a fetch returns: waiting for half
+-- to be missing then leaves the worker idle for most of every fetch, and the fetch connection idle
+-- while the worker runs what it fetched (traced at concurrency 100 with no-op jobs: every fetch of
+-- ~250 started with 100 running and under 60 queued, and returned to a worker with none left).
+-- At least EARLY_MIN jobs, so that a round trip still brings a few.
 function Fetcher:should_fetch()
   if self.w.blocking then return not self:full() end
   local want = self:wanted()
   if want <= 0 then return false end
-  return #self.queue == 0 or want >= math.max(1, (self.w.opts.concurrency + self:ahead()) // 2)
+  local half = math.max(1, (self.w.opts.concurrency + self:ahead()) // 2)
+  return #self.queue == 0 or want >= half or (want >= math.min(half, EARLY_MIN) and self:runs_dry())
+end
+
+-- True when the running and queued jobs end, at the pace of recent jobs, within twice the time of
+-- recent fetches.
+function Fetcher:runs_dry()
+  if not self.pace or not self.fetch_time then return false end
+  local w = self.w
+  return (w.runner.running + #self.queue) * self.pace / w.opts.concurrency < 2 * self.fetch_time
 end
 
 --- True while the fetcher will take the recorder's outcomes along on its next round (the
@@ -129,7 +153,10 @@ function Fetcher:ended(id)
 end
 
 function Fetcher:start(job)
-  if self.w.opts.prefetch > 0 and self.can_release then self.started_at[job.id] = core.now() end
+  if self.w.opts.prefetch > 0 and self.can_release then
+    local now = core.now()
+    self.started_at[job.id], self.last_start = now, now
+  end
   self.w.runner:start(job)
 end
 
@@ -137,7 +164,7 @@ end
 function Fetcher:start_queued(stopping_too)
   local w = self.w
   while #self.queue > 0 and w.runner:free() > 0 and not w.forced and (stopping_too or not w.stopping) do
-    self:start(table.remove(self.queue, 1))
+    self:start(table.remove(self.queue))
   end
 end
 
@@ -157,15 +184,22 @@ function Fetcher:abort(id)
   return false
 end
 
--- Add fetched jobs: into free slots, the rest to the queue (kept in the protocol's order).
+-- a comes after b in the protocol's order (priority, then id).
+local function later(a, b)
+  if a.priority ~= b.priority then return a.priority < b.priority end
+  return a.id > b.id
+end
+
+-- Add fetched jobs: into free slots, the rest to the queue. The queue is in the protocol's order
+-- from its end, so that starting the next job takes the last one (taking the first moved all the
+-- others up, for each job).
 function Fetcher:take(jobs)
-  local queued = #self.queue > 0
-  for _, job in ipairs(jobs) do self.queue[#self.queue + 1] = job end
-  if queued then
-    table.sort(self.queue, function(a, b)
-      if a.priority ~= b.priority then return a.priority > b.priority end
-      return a.id < b.id
-    end)
+  local q = self.queue
+  if #q == 0 then
+    for i = #jobs, 1, -1 do q[#q + 1] = jobs[i] end          -- fetched in the protocol's order
+  else
+    for _, job in ipairs(jobs) do q[#q + 1] = job end
+    table.sort(q, later)
   end
   self:start_queued()
 end
@@ -190,12 +224,15 @@ function Fetcher:round()
   local n = self:wanted()
   if n <= 0 then return 0, false end
   local ok, jobs
+  local t0 = core.now()
   if self.combined then
     ok, jobs = self:finish_fetch(n)
   else
     ok, jobs = pcall(w.store.fetch, w.store, w.opts.queues, w.liveness.worker_id, n)
   end
   if not ok then return nil, jobs end
+  local d = core.now() - t0
+  self.fetch_time = self.fetch_time and (self.fetch_time * 0.8 + d * 0.2) or d
   local free = w.runner:free()
   if n > free then
     w.log:debugf("fetched", "fetched %d job(s) for %d free slot(s) and %d to queue", #jobs, free, n - free)
