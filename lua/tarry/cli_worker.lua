@@ -18,11 +18,6 @@ function M.run(cli, cmd)
       .. "of --app %s is %s", cmd.app, tostring(app.connector))
   end
   local stop_dashboard = cmd.dashboard and require("tarry.cli_dashboard").in_worker(cli, app, cmd.dashboard)
-  -- The garbage of the start-up (the command line's parser, loading the app) is collected before
-  -- the worker allocates its own: otherwise it would lie in the heap until the Lua state doubled,
-  -- which an idle worker never does, and the worker's data would be laid on top of it (the heap
-  -- of an idle worker: 1.65 MiB without this, 1.1 MiB with it).
-  collectgarbage("collect")
   app:run_worker{
     queues = cmd.queues, concurrency = cmd.concurrency, wait = not cmd.one_shot, name = cmd.name,
     prefetch = cmd.prefetch, prefetch_hold = cmd.prefetch_hold, lean = cmd.lean and true or false,

@@ -51,7 +51,13 @@ app_methods.install(core.App_methods)
 
 --- app:run_worker{ queues=, concurrency=, wait=, ... }: run a worker (see tarry/worker.lua).
 function core.App_methods.run_worker(app, opts)
-  return require("tarry.worker").run(app, opts)
+  local worker = require "tarry.worker"
+  -- The garbage of the start-up (a command line's parser, loading the app) is collected before the
+  -- worker allocates its own: otherwise it would lie in the heap until the Lua state doubled, which
+  -- an idle worker never does, and the worker's data would be laid on top of it (the heap of an
+  -- idle `tarry worker`: 1.65 MiB without this, 1.1 MiB with it). For every host, not only the CLI.
+  collectgarbage("collect")
+  return worker.run(app, opts)
 end
 
 --- tarry.Event(): an auto-reset event between tarry coroutines (ev:set(), ev:wait(timeout)).
