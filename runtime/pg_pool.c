@@ -58,6 +58,8 @@ struct tarry_pool {
     int ndefers_queued;          /* of those, defers that may be coalesced */
     int defers_in_flight;
     int in_callback, closed;     /* freed once closed and out of callbacks */
+    tarry_rt *rt;                /* of the coroutines that queue here (set by the first) */
+    tarry_rt_hook after_pass;    /* dispatch once the ready pass that queued defers ends */
 };
 
 
@@ -639,6 +641,7 @@ static void req_abandon(void *data)
 
 static void pool_free(apool *p)
 {
+    if (p->rt) tarry_rt_cancel_after_pass(p->rt, &p->after_pass);
     while (p->conns) conn_destroy(p->conns);
     free(p->conninfo);
     free(p);
@@ -678,14 +681,31 @@ void tarry_pool_close(tarry_pool *p, int wake)
     else while (p->conns) conn_destroy(p->conns);
 }
 
-/* Park the running coroutine h until the query's result arrives on the async pool. */
+static void dispatch_after_pass(void *data)
+{
+    apool *p = data;
+    p->in_callback++;
+    dispatch(p);
+    pool_leave(p);
+}
+
+/* Park the running coroutine h until the query's result arrives on the async pool. A defer
+   queued while the runtime resumes its ready coroutines waits for the end of that pass, so that
+   the defers of the coroutines resumed together go together: when a batch completes, its
+   members wake in one pass, and each defers again (else the first would go alone, and the
+   others wait for it as the next batch). */
 int tarry_pool_query(lua_State *L, tarry_pool *p, tarry_co *h, const tarry_query *q)
 {
     areq *r = req_new(p, h, q);
     if (!r) return luaL_error(L, "out of memory");
     r->submitting = 1;
     queue_push(p, r);
-    dispatch(p);
+    if (!p->rt) {
+        p->rt = tarry_co_runtime(h);
+        p->after_pass.fn = dispatch_after_pass;
+        p->after_pass.data = p;
+    }
+    if (!coalescable(r) || !tarry_rt_after_pass(p->rt, &p->after_pass)) dispatch(p);
     r->submitting = 0;
     if (r->early_error) {
         tarry_push_error(L, "connection", "%s", r->early_error);

@@ -30,6 +30,8 @@ struct tarry_rt {
     ev_idle ready;          /* runs the ready queue without blocking the loop */
     tarry_co *ready_head, *ready_tail;
     int nready;
+    int in_pass;            /* ready_cb is resuming the ready queue */
+    tarry_rt_hook *after_pass;   /* to run when that pass ends (tarry_rt_after_pass) */
     tarry_poll *poll;       /* the pollfd a host loop may watch (pollfd.c) */
     long resumes;           /* coroutines resumed so far (step() returns its share) */
 };
@@ -112,12 +114,41 @@ static void ready_cb(struct ev_loop *loop, ev_idle *w, int revents)
     tarry_rt *rt = w->data;
     (void)revents;
     ev_idle_stop(loop, w);
+    rt->in_pass = 1;
     for (int n = rt->nready; n > 0 && rt->ready_head; n--) {
         tarry_co *h = rt->ready_head;
         ready_remove(h);
         if (h->status == CO_RUNNING) co_resume(h);
     }
+    rt->in_pass = 0;
+    while (rt->after_pass) {
+        tarry_rt_hook *hook = rt->after_pass;
+        rt->after_pass = hook->next;
+        hook->next = NULL;
+        hook->linked = 0;
+        hook->fn(hook->data);
+    }
     if (rt->ready_head) ev_idle_start(loop, w);
+}
+
+int tarry_rt_after_pass(tarry_rt *rt, tarry_rt_hook *hook)
+{
+    if (!rt->in_pass) return 0;
+    if (hook->linked) return 1;
+    hook->linked = 1;
+    hook->next = rt->after_pass;
+    rt->after_pass = hook;
+    return 1;
+}
+
+void tarry_rt_cancel_after_pass(tarry_rt *rt, tarry_rt_hook *hook)
+{
+    tarry_rt_hook **pp = &rt->after_pass;
+    if (!hook->linked) return;
+    while (*pp && *pp != hook) pp = &(*pp)->next;
+    if (*pp) *pp = hook->next;
+    hook->next = NULL;
+    hook->linked = 0;
 }
 
 /* ---- the runtime object ---- */
@@ -188,6 +219,7 @@ struct ev_loop *tarry_rt_loop(tarry_rt *rt) { return rt->loop; }
 tarry_poll *tarry_rt_poll(tarry_rt *rt) { return rt->poll; }
 int tarry_rt_has_ready(tarry_rt *rt) { return rt->ready_head != NULL; }
 lua_State *tarry_co_state(tarry_co *h) { return h->co; }
+tarry_rt *tarry_co_runtime(tarry_co *h) { return h->rt; }
 
 /* ---- ownership ---- */
 

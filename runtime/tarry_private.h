@@ -42,7 +42,22 @@ tarry_co *tarry_rt_current(lua_State *L);
    must not resume anything. */
 int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cancel_data);
 lua_State *tarry_co_state(tarry_co *h);
+tarry_rt *tarry_co_runtime(tarry_co *h);
 void tarry_rt_wake(tarry_co *h, int nvalues);
+/* Work to do once the pass over the ready queue under way ends, outside every coroutine: a pool
+   sends then the defers that the coroutines of the pass queued, as one statement. fn must not
+   resume anything (it may wake). */
+typedef struct tarry_rt_hook {
+    void (*fn)(void *data);
+    void *data;
+    struct tarry_rt_hook *next;
+    int linked;
+} tarry_rt_hook;
+/* Run hook once the pass under way ends (1; a hook already waiting is not added twice); 0, with
+   nothing done, when no pass is under way: then the caller acts at once. */
+int tarry_rt_after_pass(tarry_rt *rt, tarry_rt_hook *hook);
+/* Take back a waiting hook (its owner goes away). */
+void tarry_rt_cancel_after_pass(tarry_rt *rt, tarry_rt_hook *hook);
 /* The pending wait's owner freed it: the runtime must not cancel it any more. */
 void tarry_co_forget_wait(tarry_co *h);
 /* Deliver the error on top of L inside h at its next yield point (handle:interrupt; runtime.c

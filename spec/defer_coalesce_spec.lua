@@ -54,6 +54,23 @@ describe("coalesced defers on the async pool", function()
     app:close()
   end)
 
+  it("send the defers of the coroutines resumed together as one statement, round after round", function()
+    -- Each round's batch wakes its ten callers in one pass over the ready coroutines; each defers
+    -- again, and the pool sends at the end of the pass: ten jobs a statement, five statements.
+    local app = open_app(name)
+    for c = 1, 10 do
+      app:spawn(function() for r = 1, 5 do app.tasks.add:defer{ i = r * 100 + c } end end)
+    end
+    app:run()
+    assert.are.equal("50", db.value(name, "SELECT count(*) FROM procrastinate_jobs"))
+    assert.are.equal("5", db.value(name, "SELECT count(DISTINCT xmin::text) FROM procrastinate_jobs"))
+    for r = 1, 5 do   -- each statement holds one round
+      assert.are.equal("1", db.value(name, "SELECT count(DISTINCT xmin::text) FROM procrastinate_jobs"
+        .. " WHERE (args->>'i')::int / 100 = " .. r))
+    end
+    app:close()
+  end)
+
   it("give a batch_defer in a coalesced statement its ids in order", function()
     local app = open_app(name)
     local ids = {}
@@ -103,11 +120,13 @@ describe("coalesced defers on the async pool", function()
   it("go on for the others when one caller stops waiting (interrupted) while its batch is out", function()
     local app = open_app(name)
     local hs, out = {}, {}
-    for i = 1, 5 do
-      hs[i] = app:spawn(function() out[i] = app.tasks.add:defer{ i = i } end)
-    end
-    -- When the first defer is answered, the other four are sent as one batch; the first one's
-    -- end wakes this coroutine, which then interrupts the third while its batch is in flight.
+    local function defer(i) return function() out[i] = app.tasks.add:defer{ i = i } end end
+    -- The first defer goes alone, at the end of the first pass over the ready coroutines; the
+    -- other four, spawned in that pass, defer in the next one and wait for it. When it is
+    -- answered they go as one batch; the first one's end wakes the last coroutine, which then
+    -- interrupts the third while its batch is in flight.
+    hs[1] = app:spawn(defer(1))
+    app:spawn(function() for i = 2, 5 do hs[i] = app:spawn(defer(i)) end end)
     app:spawn(function() hs[1]:result(); hs[3]:interrupt() end)
     local ok, err = pcall(app.run, app)
     assert.is_false(ok)
