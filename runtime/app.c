@@ -61,68 +61,79 @@ static int storable(const char *name, const char *s, size_t n, size_t max, job_e
     return 0;
 }
 
-/* A string field as a JSON string. NULL when absent (and required) or not storable. */
-static json_t *string_field(lua_State *L, int job, const char *name, int required, size_t max,
-                            job_error *e)
+/* One job's fields, read and checked. The strings point into values read_job left on the Lua
+   stack: valid while those stay. NULL: the field is absent (lock, queueing_lock). */
+typedef struct job_fields {
+    const char *str[4];                 /* task_name, queue, lock, queueing_lock */
+    size_t len[4];
+    lua_Integer priority;
+    int has_at;
+    double at;                          /* scheduled_at, at most MAX_SCHEDULE */
+    json_t *args;                       /* owned by the reader until handed on */
+} job_fields;
+
+/* The JSON keys of str[], as the defer statement reads them. */
+static const char *const STRING_KEYS[4] = { "task", "queue", "lock", "queueing_lock" };
+
+/* Reads the string field name of the table at job, leaving its value pushed. 0, with e filled,
+   when it is not a string (nil is one when not required) or not storable. */
+static int string_field(lua_State *L, int job, const char *name, int required, size_t max,
+                        job_error *e, const char **s, size_t *n)
 {
-    size_t n;
-    const char *s;
-    json_t *j = NULL;
     int t = lua_getfield(L, job, name);
-    if (t == LUA_TNIL && !required) { lua_pop(L, 1); return json_null(); }
+    *s = NULL;
+    *n = 0;
+    if (t == LUA_TNIL && !required) return 1;
     if (t != LUA_TSTRING) {
         snprintf(e->msg, sizeof e->msg, "%s must be a string, got %s", name, lua_typename(L, t));
-        lua_pop(L, 1);
-        return NULL;
+        return 0;
     }
-    s = lua_tolstring(L, -1, &n);
-    if (storable(name, s, n, max, e) && !(j = json_stringn(s, n)))
-        snprintf(e->msg, sizeof e->msg, "%s: out of memory", name);
-    lua_pop(L, 1);
-    return j;
+    *s = lua_tolstring(L, -1, n);
+    return storable(name, *s, *n, max, e);
 }
 
-static int check_names(const json_t *task, const json_t *queue, job_error *e)
+static int check_names(const job_fields *f, job_error *e)
 {
-    size_t tn = json_string_length(task), qn = json_string_length(queue);
-    if (tn == 0 || utf8_chars(json_string_value(task), tn) > MAX_NAME_CHARS)
+    size_t tn = f->len[0], qn = f->len[1];
+    if (tn == 0 || utf8_chars(f->str[0], tn) > MAX_NAME_CHARS)
         snprintf(e->msg, sizeof e->msg, "task name must have 1 to %d characters", MAX_NAME_CHARS);
     else if (qn == 0 || qn > MAX_QUEUE_BYTES)
         snprintf(e->msg, sizeof e->msg, "queue name \"%.60s\" must have 1 to %d bytes (the NOTIFY "
                  "channel procrastinate_queue_v1#<queue> must stay under 64 bytes)",
-                 json_string_value(queue), MAX_QUEUE_BYTES);
+                 f->str[1], MAX_QUEUE_BYTES);
     else return 1;
     return 0;
 }
 
-static json_t *priority_field(lua_State *L, int job, job_error *e)
+static int priority_field(lua_State *L, int job, job_error *e, lua_Integer *p)
 {
-    lua_Integer p = 0;
     int t = lua_getfield(L, job, "priority"), isint = 0;
+    *p = 0;
     if (t != LUA_TNIL) {
-        p = lua_tointegerx(L, -1, &isint);
-        if (!isint || t != LUA_TNUMBER || p < -2147483648LL || p > 2147483647LL) {
+        *p = lua_tointegerx(L, -1, &isint);
+        if (!isint || t != LUA_TNUMBER || *p < -2147483648LL || *p > 2147483647LL) {
             snprintf(e->msg, sizeof e->msg, "priority must be an integer that fits in 32 bits");
             lua_pop(L, 1);
-            return NULL;
+            return 0;
         }
     }
     lua_pop(L, 1);
-    return json_integer((json_int_t)p);
+    return 1;
 }
 
-static json_t *schedule_field(lua_State *L, int job, job_error *e)
+static int schedule_field(lua_State *L, int job, job_error *e, job_fields *f)
 {
     int t = lua_getfield(L, job, "scheduled_at");
-    double at;
-    if (t == LUA_TNIL) { lua_pop(L, 1); return json_null(); }
-    at = lua_tonumber(L, -1);
+    double at = lua_tonumber(L, -1);
     lua_pop(L, 1);
+    f->has_at = t != LUA_TNIL;
+    if (!f->has_at) return 1;
     if (t != LUA_TNUMBER || !isfinite(at)) {
         snprintf(e->msg, sizeof e->msg, "scheduled_at must be a finite number (seconds since the epoch)");
-        return NULL;
+        return 0;
     }
-    return json_real(at > MAX_SCHEDULE ? MAX_SCHEDULE : at);
+    f->at = at > MAX_SCHEDULE ? MAX_SCHEDULE : at;
+    return 1;
 }
 
 static json_t *args_field(lua_State *L, int job, job_error *e)
@@ -135,26 +146,21 @@ static json_t *args_field(lua_State *L, int job, job_error *e)
     return j;
 }
 
-/* The JSON object of the job table at `job`, or NULL with e filled in. */
-static json_t *job_json(lua_State *L, int job, job_error *e)
+/* Reads and checks the job table at `job` into f, in the order its errors are reported; leaves
+   pushed the values f's strings point into (the caller restores the stack top). 0 with e
+   filled in when the job is refused (f->args is then NULL). */
+static int read_job(lua_State *L, int job, job_fields *f, job_error *e)
 {
-    json_t *o = json_object();
-    static const char *const keys[] = { "task", "queue", "lock", "queueing_lock", "priority", "at", "args" };
-    json_t *v[7];
     e->code = "invalid_job";
-    v[0] = string_field(L, job, "task_name", 1, 0, e);
-    v[1] = v[0] ? string_field(L, job, "queue", 1, 0, e) : NULL;
-    v[2] = v[1] ? string_field(L, job, "lock", 0, MAX_LOCK_BYTES, e) : NULL;
-    v[3] = v[2] ? string_field(L, job, "queueing_lock", 0, MAX_LOCK_BYTES, e) : NULL;
-    v[4] = v[3] ? priority_field(L, job, e) : NULL;
-    v[5] = v[4] ? schedule_field(L, job, e) : NULL;
-    v[6] = (v[5] && check_names(v[0], v[1], e)) ? args_field(L, job, e) : NULL;
-    for (int i = 0; i < 7; i++) {
-        if (!v[6]) { json_decref(v[i]); continue; }
-        json_object_set_new(o, keys[i], v[i]);
-    }
-    if (!v[6]) { json_decref(o); return NULL; }
-    return o;
+    f->args = NULL;
+    if (!string_field(L, job, "task_name", 1, 0, e, &f->str[0], &f->len[0])
+        || !string_field(L, job, "queue", 1, 0, e, &f->str[1], &f->len[1])
+        || !string_field(L, job, "lock", 0, MAX_LOCK_BYTES, e, &f->str[2], &f->len[2])
+        || !string_field(L, job, "queueing_lock", 0, MAX_LOCK_BYTES, e, &f->str[3], &f->len[3])
+        || !priority_field(L, job, e, &f->priority) || !schedule_field(L, job, e, f)
+        || !check_names(f, e))
+        return 0;
+    return (f->args = args_field(L, job, e)) != NULL;
 }
 
 /* ---- deferring ---- */
@@ -167,39 +173,6 @@ static void raise_job_error(lua_State *L, size_t n, size_t i, const char *code, 
     lua_error(L);
 }
 
-/* Encode every job into one JSON array; raise an error object naming the first bad one. */
-static json_t *encode_jobs(lua_State *L, int jobs)
-{
-    lua_Integer n = luaL_len(L, jobs);
-    json_t *batch = json_array();
-    job_error e;
-    for (lua_Integer i = 1; i <= n; i++) {
-        json_t *o;
-        if (lua_rawgeti(L, jobs, i) != LUA_TTABLE) {
-            json_decref(batch);
-            tarry_push_error(L, "invalid_job", "job %d is not a table", (int)i);
-            lua_error(L);
-        }
-        o = job_json(L, lua_gettop(L), &e);
-        lua_pop(L, 1);
-        if (!o) {
-            json_decref(batch);
-            raise_job_error(L, (size_t)n, (size_t)i, e.code, e.msg);
-        }
-        json_array_append_new(batch, o);
-    }
-    return batch;
-}
-
-/* Bytes of j's JSON text (0 if out of memory: then the text is not sent either). */
-static size_t dumped_len(const json_t *j)
-{
-    char *text = tarry_json_dump(j);
-    size_t n = text ? strlen(text) : 0;
-    free(text);
-    return n;
-}
-
 /* Raises invalid_args for job i (from 1) of n, whose args have len bytes of JSON text. */
 static void args_too_big(lua_State *L, size_t n, size_t i, size_t len)
 {
@@ -209,66 +182,190 @@ static void args_too_big(lua_State *L, size_t n, size_t i, size_t len)
     raise_job_error(L, n, i, "invalid_args", msg);
 }
 
-/* Raises invalid_args, freeing batch and text, if one job's args (their JSON text alone, as
-   json_encode gives it) pass MAX_ARGS_BYTES. Called only when the whole batch's text does: each
-   job's args are part of it, written with as many digits or more, so a smaller batch passes. */
-static void check_args_sizes(lua_State *L, json_t *batch, char *text)
+/* Calls each(L, &fields, i, n, data) for job i (from 1) of the n in the array at jobs, with
+   its fields read and checked; raises an error object naming the first bad one. each owns
+   fields.args. */
+static void each_job(lua_State *L, int jobs,
+                     void (*each)(lua_State *, job_fields *, size_t, size_t, void *), void *data)
 {
-    size_t i, n = json_array_size(batch), len = 0;
-    for (i = 0; i < n && len <= MAX_ARGS_BYTES; i++)
-        len = dumped_len(json_object_get(json_array_get(batch, i), "args"));
-    if (len <= MAX_ARGS_BYTES)
-        return;
-    free(text);
-    json_decref(batch);
-    args_too_big(L, n, i, len);
+    size_t n = (size_t)luaL_len(L, jobs);
+    job_fields f;
+    job_error e;
+    for (size_t i = 1; i <= n; i++) {
+        int top = lua_gettop(L);
+        if (lua_rawgeti(L, jobs, (lua_Integer)i) != LUA_TTABLE) {
+            tarry_push_error(L, "invalid_job", "job %d is not a table", (int)i);
+            lua_error(L);
+        }
+        if (!read_job(L, top + 1, &f, &e)) raise_job_error(L, n, i, e.code, e.msg);
+        each(L, &f, i, n, data);
+        lua_settop(L, top);
+    }
 }
 
-/* A connector written in Lua (MemoryConnector, a user's): connector:defer_jobs(list) where
-   each job has queue_name, task_name, priority, lock, queueing_lock, args (JSON text), scheduled_at. */
-static int defer_through_lua(lua_State *L, int conn, json_t *batch)
+/* -- the batch as JSON text, for a C connector --
+   The outer objects are written here, field by field; jansson writes only the args. The text
+   grows in a userdata, so that an error on the way frees it (its __gc). */
+#define BATCH_TEXT_MT "tarry.app.batch_text"
+
+typedef struct batch_text {
+    char *p;
+    size_t n, cap;
+    int oom;
+} batch_text;
+
+static int batch_text_gc(lua_State *L)
 {
-    size_t i;
-    json_t *o;
+    batch_text *b = luaL_checkudata(L, 1, BATCH_TEXT_MT);
+    free(b->p);
+    b->p = NULL;
+    return 0;
+}
+
+static void put(batch_text *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->cap - b->n < n + 1) {
+        size_t cap = b->cap ? b->cap : 256;
+        char *p;
+        while (cap - b->n < n + 1) cap *= 2;
+        if (!(p = realloc(b->p, cap))) { b->oom = 1; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+#define PUT_LITERAL(b, s) put((b), (s), sizeof(s) - 1)
+
+static int put_cb(const char *s, size_t n, void *data)
+{
+    batch_text *b = data;
+    put(b, s, n);
+    return b->oom ? -1 : 0;
+}
+
+/* s (n bytes, valid UTF-8) as a JSON string, escaped as jansson escapes it. */
+static void put_string(batch_text *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+    PUT_LITERAL(b, "\"");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6] = { '\\', 0, '0', '0', 0, 0 };
+        size_t elen = 2;
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        put(b, s + run, i - run);
+        run = i + 1;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default: esc[1] = 'u'; esc[4] = hex[c >> 4]; esc[5] = hex[c & 15]; elen = 6; break;
+        }
+        put(b, esc, elen);
+    }
+    put(b, s + run, n - run);
+    PUT_LITERAL(b, "\"");
+}
+
+static void put_integer(batch_text *b, long long v)
+{
+    char buf[24], *end = buf + sizeof buf, *p = end;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do { *--p = (char)('0' + u % 10); u /= 10; } while (u);
+    if (v < 0) *--p = '-';
+    put(b, p, (size_t)(end - p));
+}
+
+/* each_job's step: job i's object, then its args (freed), joined to the array. */
+static void put_job(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
+{
+    batch_text *b = data;
+    char num[40];
+    size_t args_at;
+    put(b, i == 1 ? "[" : ",", 1);
+    for (int k = 0; k < 4; k++) {
+        put(b, k == 0 ? "{\"" : ",\"", 2);
+        put(b, STRING_KEYS[k], strlen(STRING_KEYS[k]));
+        PUT_LITERAL(b, "\":");
+        if (f->str[k]) put_string(b, f->str[k], f->len[k]);
+        else PUT_LITERAL(b, "null");
+    }
+    PUT_LITERAL(b, ",\"priority\":");
+    put_integer(b, (long long)f->priority);
+    if (f->has_at) put(b, num, (size_t)snprintf(num, sizeof num, ",\"at\":%.17g", f->at));
+    else PUT_LITERAL(b, ",\"at\":null");
+    PUT_LITERAL(b, ",\"args\":");
+    args_at = b->n;
+    if (tarry_json_dump_to(f->args, put_cb, b) != 0) b->oom = 1;
+    json_decref(f->args);
+    if (b->oom) luaL_error(L, "out of memory");
+    if (b->n - args_at > MAX_ARGS_BYTES) args_too_big(L, n, i, b->n - args_at);
+    put(b, i == n ? "}]" : "}", i == n ? 2 : 1);
+}
+
+/* Pushes the JSON text of the jobs at `jobs`, validated: an array of objects with the keys the
+   defer statement reads.  [-0, +1, e] */
+static void push_batch_text(lua_State *L, int jobs)
+{
+    batch_text *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    luaL_setmetatable(L, BATCH_TEXT_MT);
+    each_job(L, jobs, put_job, b);
+    if (b->oom) luaL_error(L, "out of memory");
+    if (b->n == 0) lua_pushliteral(L, "[]");
+    else lua_pushlstring(L, b->p, b->n);
+    free(b->p);
+    b->p = NULL;
+    lua_remove(L, -2);
+}
+
+/* -- the jobs as tables, for a connector written in Lua (MemoryConnector, a user's) --
+   connector:defer_jobs(list) where each job has queue_name, task_name, priority, lock,
+   queueing_lock, args (JSON text), scheduled_at. */
+static void push_job_table(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
+{
+    static const char *const names[4] = { "task_name", "queue_name", "lock", "queueing_lock" };
+    int list = *(int *)data;
+    char *args = tarry_json_dump(f->args);
+    size_t len = args ? strlen(args) : 0;
+    json_decref(f->args);
+    if (!args) luaL_error(L, "out of memory");
+    if (len > MAX_ARGS_BYTES) { free(args); args_too_big(L, n, i, len); }
+    lua_createtable(L, 0, 7);
+    lua_pushlstring(L, args, len);
+    free(args);
+    lua_setfield(L, -2, "args");
+    for (int k = 0; k < 4; k++) {
+        if (!f->str[k]) continue;
+        lua_pushlstring(L, f->str[k], f->len[k]);
+        lua_setfield(L, -2, names[k]);
+    }
+    lua_pushinteger(L, f->priority);
+    lua_setfield(L, -2, "priority");
+    if (f->has_at) { lua_pushnumber(L, f->at); lua_setfield(L, -2, "scheduled_at"); }
+    lua_rawseti(L, list, (lua_Integer)i);
+}
+
+static int defer_through_lua(lua_State *L, int conn, int jobs)
+{
+    int list;
     if (lua_getfield(L, conn, "defer_jobs") == LUA_TNIL)
         return luaL_error(L, "the app's connector has no defer_jobs method");
     lua_pushvalue(L, conn);
-    lua_createtable(L, (int)json_array_size(batch), 0);
-    json_array_foreach(batch, i, o) {
-        char *args = tarry_json_dump(json_object_get(o, "args"));
-        size_t len = args ? strlen(args) : 0;
-        if (len > MAX_ARGS_BYTES) {
-            size_t n = json_array_size(batch);
-            free(args);
-            json_decref(batch);
-            args_too_big(L, n, i + 1, len);
-        }
-        lua_createtable(L, 0, 7);
-        lua_pushstring(L, args);
-        free(args);
-        lua_setfield(L, -2, "args");
-        tarry_json_push(L, json_object_get(o, "task")); lua_setfield(L, -2, "task_name");
-        tarry_json_push(L, json_object_get(o, "queue")); lua_setfield(L, -2, "queue_name");
-        tarry_json_push(L, json_object_get(o, "priority")); lua_setfield(L, -2, "priority");
-        if (json_is_string(json_object_get(o, "lock"))) { tarry_json_push(L, json_object_get(o, "lock")); lua_setfield(L, -2, "lock"); }
-        if (json_is_string(json_object_get(o, "queueing_lock"))) { tarry_json_push(L, json_object_get(o, "queueing_lock")); lua_setfield(L, -2, "queueing_lock"); }
-        if (json_is_real(json_object_get(o, "at"))) { lua_pushnumber(L, json_real_value(json_object_get(o, "at"))); lua_setfield(L, -2, "scheduled_at"); }
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    json_decref(batch);
+    lua_createtable(L, (int)luaL_len(L, jobs), 0);
+    list = lua_gettop(L);
+    each_job(L, jobs, push_job_table, &list);
     lua_call(L, 2, 1);
     return 1;
-}
-
-/* Push the JSON text of the encoded batch (freed here), raising for args past the limit. */
-static void push_batch_text(lua_State *L, json_t *batch)
-{
-    char *text = tarry_json_dump(batch);
-    if (text && strlen(text) > MAX_ARGS_BYTES) check_args_sizes(L, batch, text);
-    json_decref(batch);
-    if (!text) luaL_error(L, "out of memory");
-    lua_pushstring(L, text);
-    free(text);
 }
 
 /* Insert the batch whose JSON text is at `text` (rows jobs) through the C connector at conn. */
@@ -287,16 +384,20 @@ static int insert_text(lua_State *L, int conn, int text, int rows)
 static int app_defer_jobs(lua_State *L)
 {
     int app = app_check(L, 1), conn;
-    json_t *batch;
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
     lua_getiuservalue(L, app, 2);
     conn = lua_gettop(L);
-    batch = encode_jobs(L, 2);
-    if (luaL_len(L, 2) == 0) { json_decref(batch); lua_newtable(L); return 1; }
-    if (!tarry_is_c_connector(L, conn)) return defer_through_lua(L, conn, batch);
-    push_batch_text(L, batch);
+    if (luaL_len(L, 2) == 0) { lua_newtable(L); return 1; }
+    if (!tarry_is_c_connector(L, conn)) return defer_through_lua(L, conn, 2);
+    push_batch_text(L, 2);
     return insert_text(L, conn, lua_gettop(L), (int)luaL_len(L, 2));
+}
+
+static void drop_job(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
+{
+    (void)L; (void)i; (void)n; (void)data;
+    json_decref(f->args);
 }
 
 /* app:_encode_jobs(jobs) -> text | false: validates jobs as _defer_jobs does (raising the same
@@ -305,13 +406,11 @@ static int app_defer_jobs(lua_State *L)
 static int app_encode_jobs(lua_State *L)
 {
     int app = app_check(L, 1);
-    json_t *batch;
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
     lua_getiuservalue(L, app, 2);
-    batch = encode_jobs(L, 2);
-    if (tarry_is_c_connector(L, 3)) { push_batch_text(L, batch); return 1; }
-    json_decref(batch);
+    if (tarry_is_c_connector(L, 3)) { push_batch_text(L, 2); return 1; }
+    each_job(L, 2, drop_job, NULL);
     lua_pushboolean(L, 0);
     return 1;
 }
@@ -452,6 +551,10 @@ void tarry_app_open(lua_State *L)
         { "with_connector", app_with_connector }, { "open", app_open }, { "close", app_close },
         { "spawn", app_spawn }, { "run", app_run }, { "_defer_jobs", app_defer_jobs },
         { "_encode_jobs", app_encode_jobs }, { "_insert_jobs", app_insert_jobs }, { NULL, NULL } };
+    luaL_newmetatable(L, BATCH_TEXT_MT);
+    lua_pushcfunction(L, batch_text_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
     luaL_newmetatable(L, TARRY_APP_MT);
     luaL_newlib(L, methods);
     lua_pushvalue(L, -1);

@@ -555,6 +555,18 @@ char *tarry_json_dump(const json_t *j)
     return text && p > 0 ? positional(text) : text;
 }
 
+int tarry_json_dump_to(const json_t *j, json_dump_callback_t cb, void *data)
+{
+    char *text;
+    int r;
+    if (needed_precision(j, 0) == 0)
+        return json_dump_callback(j, cb, data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS);
+    if (!(text = tarry_json_dump(j))) return -1;       /* reals: positional, see above */
+    r = cb(text, strlen(text), data);
+    free(text);
+    return r;
+}
+
 /* ---- Decoding ---- */
 
 static int push_json(lua_State *L, const json_t *j, int depth);

@@ -29,6 +29,10 @@ json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_
    memory. */
 char *tarry_json_dump(const json_t *j);
 
+/* The same text handed to cb in pieces (jansson's json_dump_callback): 0, or -1 when cb
+   refused a piece or memory ran out. */
+int tarry_json_dump_to(const json_t *j, json_dump_callback_t cb, void *data);
+
 /* Pushes the Lua value of j: objects as plain tables, arrays as marked tables, null as the
    sentinel. Raises if j nests deeper than TARRY_JSON_MAX_DEPTH.  [-0, +1, e] */
 void tarry_json_push(lua_State *L, const json_t *j);
