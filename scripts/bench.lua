@@ -8,7 +8,8 @@ local TARRY = build .. "/bin/tarry"
 
 -- Options after the build directory: --quick (smaller runs, no retention table, under a minute),
 -- --million (also: a worker's RSS over 1,000,000 jobs; takes minutes), --only SECTION (defer,
--- worker, latency, million or delete_old; or ceiling or profile, which only run when named),
+-- worker, latency, million or delete_old; or ceiling, defer_ceiling or profile, which only run
+-- when named),
 -- --baseline (worker runs with defaults only), --reps N (ceiling and profile: runs per case),
 -- --batches LIST and --clients LIST (ceiling: jobs per statement, pgbench clients; "100,256").
 local OPTS = {}
@@ -221,6 +222,9 @@ if want("latency") then
   local pid, app = start_worker(fresh_db("bench_latency"), "--fetch-job-polling-interval 5")
   tarry.sleep(0.5)
   local rss = rss_kib(pid)
+  local rollup = io.open("/proc/" .. pid .. "/smaps_rollup"):read("a")
+  local function kib(field) return tonumber(rollup:match(field .. ":%s*(%d+)")) or 0 end
+  local pss, private = kib("Pss"), kib("Private_Clean") + kib("Private_Dirty")
   local N = 200
   for _ = 1, N do
     app.tasks.noop:defer{}
@@ -240,6 +244,8 @@ if want("latency") then
     { "defer -> start latency p99", string.format("%.2f ms", q.p99) },
     { "defer -> start latency max", string.format("%.2f ms", q.max) },
     { "idle worker RSS", string.format("%.1f MiB", rss / 1024) },
+    { "idle worker PSS (shared library pages divided among the processes mapping them)", string.format("%.1f MiB", pss / 1024) },
+    { "idle worker private memory (its own pages: what each further worker adds)", string.format("%.1f MiB", private / 1024) },
   })
 end
 
@@ -300,6 +306,15 @@ local function children_cpu(pid)
   return (tonumber(fields[14]) + tonumber(fields[15])) / CLK_TCK   -- stat's 16th and 17th fields
 end
 
+-- CPU seconds this process has used itself (utime + stime, stat's 14th and 15th fields).
+local function own_cpu()
+  local f = io.open("/proc/self/stat")
+  local fields = {}
+  for x in f:read("a"):match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = x end
+  f:close()
+  return (tonumber(fields[12]) + tonumber(fields[13])) / CLK_TCK
+end
+
 -- fn() run with the client's CPU (this process's children) and the server's measured: its
 -- result, client CPU s, server CPU s. The backends of the run must have exited to be counted.
 local function with_cpu(app, fn)
@@ -334,6 +349,21 @@ local function pgbench_script(store, mode)
   return path
 end
 
+-- pgbench -n -M prepared on database db: clients (on up to 2 threads) x per transactions of the
+-- script at path (removed after), with the -D definitions defs. Its rate (tps, without its
+-- connection time), client and server CPU seconds (with_cpu's), and its output.
+local function pgbench(app, db, clients, per, path, defs)
+  local out, ccpu, scpu = with_cpu(app, function()
+    local p = io.popen(string.format("%s -n -M prepared -c %d -j %d -t %d -f %s %s %s 2>&1",
+      PGBENCH, clients, math.min(clients, 2), per, path, defs, db))
+    local text = p:read("a")
+    p:close()
+    return text
+  end)
+  os.remove(path)
+  return tonumber(out:match("tps = ([%d.]+) %(without initial connection time%)")), ccpu, scpu, out
+end
+
 -- One pgbench run: clients x transactions fetch-and-finish pairs of n jobs on a fresh queue; jobs/s
 -- (pgbench's rate, without its connection time), client CPU s, server CPU s, all per run.
 local function pgbench_run(mode, n, clients)
@@ -345,16 +375,8 @@ local function pgbench_run(mode, n, clients)
     app.connector:execute("DROP TRIGGER tarry_jobs_update_events ON procrastinate_jobs")
     app.connector:execute("DROP TRIGGER tarry_jobs_note_abort_requested_set ON procrastinate_jobs")
   end
-  local script = pgbench_script(store, mode)
-  local out, ccpu, scpu = with_cpu(app, function()
-    local p = io.popen(string.format("%s -n -M prepared -c %d -j %d -t %d -f %s -D w=%d -D n=%d -D z=0 -D 'e={}' "
-      .. "-D lean=%s bench_worker 2>&1", PGBENCH, clients, math.min(clients, 2), per, script, worker, n, mode == "lean"))
-    local text = p:read("a")
-    p:close()
-    return text
-  end)
-  os.remove(script)
-  local tps = tonumber(out:match("tps = ([%d.]+) %(without initial connection time%)"))
+  local tps, ccpu, scpu, out = pgbench(app, "bench_worker", clients, per, pgbench_script(store, mode),
+    string.format("-D w=%d -D n=%d -D z=0 -D 'e={}' -D lean=%s", worker, n, mode == "lean"))
   local done = succeeded(app)
   assert(tps and done == clients * per * n, "pgbench did not finish every job it fetched: " .. done .. "\n" .. out)
   app.connector:close()
@@ -436,6 +458,88 @@ if OPTS.only == "ceiling" then
         .. "statements in flight as the worker's fetcher and recorder (%s jobs/s)", 100 * r / b2, rate(b2, 1)) or ""))
     end
   end
+end
+
+
+-- ---- the database's ceiling for the defer statement (--only defer_ceiling) ----
+-- pgbench sends tarry's own defer statement (core.DEFER_SQL, prepared, the JSON text of its
+-- parameter made by tarry's encoder, app:_encode_jobs) with 1, 10 or 1,000 jobs per statement, one
+-- statement a transaction, from 1 or 10 clients: what the database allows each defer path. Next
+-- to it, the tarry paths that send those statements (scripts/bench_lib.lua's cases), each case
+-- once per round, medians of --reps rounds. Jobs/s counts the jobs inserted; server CPU as in
+-- the worker's ceiling above; client CPU: pgbench's, or this process's own during tarry's defers.
+if OPTS.only == "defer_ceiling" then
+  local core = require "tarry.core"
+  local conninfo = fresh_db("bench_defer_ceiling")
+  local lib = require("bench_lib")
+  local app = tarry.App{ connector = tarry.SyncPgConnector{ conninfo = conninfo } }
+  local function jobs_of(n)
+    local jobs = {}
+    for i = 1, n do jobs[i] = { task_name = "noop", queue = "default", priority = 0, args = { i = i } } end
+    return jobs
+  end
+  local function count() return app.connector:execute("SELECT count(*) AS n FROM procrastinate_jobs")[1].n end
+  local function pgbench_defer(n, clients)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write((core.DEFER_SQL:gsub("%$1", ":jobs")), ";\n")
+    f:close()
+    local per = math.max(1, (n == 1 and SINGLE or BATCH) // (clients * n))
+    local before = count()
+    local tps, ccpu, scpu, out = pgbench(app, "bench_defer_ceiling", clients, per, path,
+      string.format("-D 'jobs=%s'", app:_encode_jobs(jobs_of(n))))
+    local done = count() - before
+    assert(tps and done == clients * per * n, "pgbench did not insert every job: " .. done .. "\n" .. out)
+    return tps * n, ccpu / done * 1e6, scpu and scpu / done * 1e6
+  end
+  local cases = {}
+  for _, c in ipairs { { 1, 1 }, { 1, 10 }, { 10, 1 }, { 1000, 1 } } do
+    cases[#cases + 1] = { label = "defer statement from pgbench", n = c[1], clients = c[2],
+      run = function() return pgbench_defer(c[1], c[2]) end }
+  end
+  -- tarry's paths: SyncPgConnector one defer a call (1 job a statement), 10 coroutines on an
+  -- open PgConnector (up to 10 a statement, coalesced), bulk chunks of 1,000.
+  -- Their connectors are made and closed inside each run, so that the server CPU of their
+  -- backends is counted (with_cpu counts exited backends); the rate counts the defers only.
+  local labels = lib.defer_cases(conninfo, { single = SINGLE, bulk = BATCH })
+  for _, i in ipairs { 2, 5, 6 } do
+    local jobs = labels[i].jobs
+    cases[#cases + 1] = { label = "tarry: " .. labels[i].label, run = function()
+      local ccpu
+      local dt, _, scpu = with_cpu(app, function()
+        local d = lib.defer_cases(conninfo, { single = SINGLE, bulk = BATCH })
+        local c0 = own_cpu()
+        local seconds = d[i].run()
+        ccpu = own_cpu() - c0
+        d.close()
+        return seconds
+      end)
+      return jobs / dt, ccpu / jobs * 1e6, scpu and scpu / jobs * 1e6
+    end }
+  end
+  labels.close()
+  local loads = { load_avg() }
+  for _ = 1, REPS do
+    for _, case in ipairs(cases) do
+      local r, c, s = case.run()
+      case.rate, case.client, case.server = case.rate or {}, case.client or {}, case.server or {}
+      table.insert(case.rate, r); table.insert(case.client, c); table.insert(case.server, s or 0)
+    end
+    app.connector:execute("TRUNCATE procrastinate_jobs CASCADE")
+    loads[#loads + 1] = load_avg()
+  end
+  local rows = {}
+  for _, case in ipairs(cases) do
+    local r = median(case.rate)
+    table.sort(case.rate)
+    rows[#rows + 1] = { case.label, case.n or "", case.clients or "", rate(r, 1),
+      string.format("%s-%s", rate(case.rate[1], 1), rate(case.rate[#case.rate], 1)),
+      string.format("%.1f", median(case.server)), string.format("%.1f", median(case.client)) }
+  end
+  table_print(string.format("Database ceiling for deferring: tarry's defer statement from pgbench, next to tarry's "
+    .. "defer paths; medians of %d rounds (load average before and after each round: %s)", REPS, table.concat(loads, " / ")),
+    { "sender", "jobs/statement", "pgbench clients", "jobs/s", "range", "server CPU us/job", "client CPU us/job" }, rows)
+  app.connector:close()
 end
 
 -- ---- where a worker's time goes (--only profile) ----
