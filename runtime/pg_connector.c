@@ -142,7 +142,7 @@ static int pgc_open(lua_State *L)
     int wait = open_waits(L);
     lua_settop(L, 1);
     if (c->pool) return 1;
-    p = tarry_pool_new(tarry_rt_loop(rt), c->conninfo, c->max_size, c->connect_timeout, c->query_timeout,
+    p = tarry_pool_new(rt, c->conninfo, c->max_size, c->connect_timeout, c->query_timeout,
                        c->prepared_statements);
     if (!p) return luaL_error(L, "out of memory");
     if (!wait) { open_nowait(L, c, p); return 1; }

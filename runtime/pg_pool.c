@@ -58,7 +58,7 @@ struct tarry_pool {
     int ndefers_queued;          /* of those, defers that may be coalesced */
     int defers_in_flight;
     int in_callback, closed;     /* freed once closed and out of callbacks */
-    tarry_rt *rt;                /* of the coroutines that queue here (set by the first) */
+    tarry_rt *rt;                /* whose loop it runs on */
     tarry_rt_hook after_pass;    /* dispatch once the ready pass that queued defers ends */
 };
 
@@ -641,7 +641,7 @@ static void req_abandon(void *data)
 
 static void pool_free(apool *p)
 {
-    if (p->rt) tarry_rt_cancel_after_pass(p->rt, &p->after_pass);
+    tarry_rt_cancel_after_pass(p->rt, &p->after_pass);
     while (p->conns) conn_destroy(p->conns);
     free(p->conninfo);
     free(p);
@@ -700,11 +700,6 @@ int tarry_pool_query(lua_State *L, tarry_pool *p, tarry_co *h, const tarry_query
     if (!r) return luaL_error(L, "out of memory");
     r->submitting = 1;
     queue_push(p, r);
-    if (!p->rt) {
-        p->rt = tarry_co_runtime(h);
-        p->after_pass.fn = dispatch_after_pass;
-        p->after_pass.data = p;
-    }
     if (!coalescable(r) || !tarry_rt_after_pass(p->rt, &p->after_pass)) dispatch(p);
     r->submitting = 0;
     if (r->early_error) {
@@ -716,12 +711,15 @@ int tarry_pool_query(lua_State *L, tarry_pool *p, tarry_co *h, const tarry_query
     return tarry_rt_park(L, h, req_abandon, r);
 }
 
-tarry_pool *tarry_pool_new(struct ev_loop *loop, const char *conninfo, int max_size, int connect_timeout,
+tarry_pool *tarry_pool_new(tarry_rt *rt, const char *conninfo, int max_size, int connect_timeout,
                            double query_timeout, int prepared_statements)
 {
     apool *p = calloc(1, sizeof *p);
     if (!p || !(p->conninfo = strdup(conninfo))) { free(p); return NULL; }
-    p->loop = loop;
+    p->rt = rt;
+    p->loop = tarry_rt_loop(rt);
+    p->after_pass.fn = dispatch_after_pass;
+    p->after_pass.data = p;
     p->max_size = max_size;
     p->connect_timeout = connect_timeout;
     p->query_timeout = query_timeout;

@@ -219,7 +219,6 @@ struct ev_loop *tarry_rt_loop(tarry_rt *rt) { return rt->loop; }
 tarry_poll *tarry_rt_poll(tarry_rt *rt) { return rt->poll; }
 int tarry_rt_has_ready(tarry_rt *rt) { return rt->ready_head != NULL; }
 lua_State *tarry_co_state(tarry_co *h) { return h->co; }
-tarry_rt *tarry_co_runtime(tarry_co *h) { return h->rt; }
 
 /* ---- ownership ---- */
 

@@ -42,7 +42,6 @@ tarry_co *tarry_rt_current(lua_State *L);
    must not resume anything. */
 int tarry_rt_park(lua_State *L, tarry_co *h, void (*cancel)(void *), void *cancel_data);
 lua_State *tarry_co_state(tarry_co *h);
-tarry_rt *tarry_co_runtime(tarry_co *h);
 void tarry_rt_wake(tarry_co *h, int nvalues);
 /* Work to do once the pass over the ready queue under way ends, outside every coroutine: a pool
    sends then the defers that the coroutines of the pass queued, as one statement. fn must not
@@ -208,8 +207,8 @@ void tarry_sync_open(lua_State *L);
 
 /* ---- pg_pool.c: the async connector's pool of non-blocking connections on the loop ---- */
 typedef struct tarry_pool tarry_pool;
-/* A pool with no connection yet; NULL if out of memory. */
-tarry_pool *tarry_pool_new(struct ev_loop *loop, const char *conninfo, int max_size, int connect_timeout,
+/* A pool with no connection yet, on rt's loop; NULL if out of memory. */
+tarry_pool *tarry_pool_new(tarry_rt *rt, const char *conninfo, int max_size, int connect_timeout,
                            double query_timeout, int prepared_statements);
 /* Connect n connections now, blocking: 0 with a message in err when one cannot. */
 int tarry_pool_connect(tarry_pool *p, int n, char *err, size_t errlen);

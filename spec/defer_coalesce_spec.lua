@@ -71,6 +71,23 @@ describe("coalesced defers on the async pool", function()
     app:close()
   end)
 
+  it("fail a defer still waiting for its pass's end when a coroutine of that pass closes the connector", function()
+    -- The pool goes away while its send is due at the pass's end: the caller gets the closed
+    -- connector's error, nothing is inserted, and the runtime does not call into the freed pool
+    -- (the AddressSanitizer build would stop on it).
+    local app = open_app(name)
+    local out = {}
+    app:spawn(function()
+      local ok, e = pcall(function() return app.tasks.add:defer{ i = 1 } end)
+      out.code, out.message = not ok and e.code, not ok and e.message
+    end)
+    app:spawn(function() app.connector:close() end)
+    app:run()
+    assert.are.equal("connection", out.code)
+    assert.matches("the connector was closed", out.message)
+    assert.are.equal("0", db.value(name, "SELECT count(*) FROM procrastinate_jobs"))
+  end)
+
   it("give a batch_defer in a coalesced statement its ids in order", function()
     local app = open_app(name)
     local ids = {}
