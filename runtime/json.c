@@ -547,21 +547,27 @@ static char *positional(char *text)
 }
 
 /* j as compact JSON text, keys sorted, reals exact; malloc'd, NULL if out of memory. */
+#define DUMP_FLAGS (JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS)
+
+/* j's text when its reals need precision p (> 0); malloc'd, NULL if out of memory. */
+static char *dump_reals(const json_t *j, int p)
+{
+    char *text = json_dumps(j, DUMP_FLAGS | JSON_REAL_PRECISION(p));
+    return text ? positional(text) : NULL;
+}
+
 char *tarry_json_dump(const json_t *j)
 {
     int p = needed_precision(j, 0);
-    size_t flags = JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(p);
-    char *text = json_dumps(j, flags);
-    return text && p > 0 ? positional(text) : text;
+    return p > 0 ? dump_reals(j, p) : json_dumps(j, DUMP_FLAGS);
 }
 
 int tarry_json_dump_to(const json_t *j, json_dump_callback_t cb, void *data)
 {
+    int p = needed_precision(j, 0), r;
     char *text;
-    int r;
-    if (needed_precision(j, 0) == 0)
-        return json_dump_callback(j, cb, data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS);
-    if (!(text = tarry_json_dump(j))) return -1;       /* reals: positional, see above */
+    if (p == 0) return json_dump_callback(j, cb, data, DUMP_FLAGS);   /* no real: straight out */
+    if (!(text = dump_reals(j, p))) return -1;
     r = cb(text, strlen(text), data);
     free(text);
     return r;
