@@ -301,24 +301,19 @@ local POSTMASTER = (function()
   return pid
 end)()
 
--- CPU seconds of pid's waited-for children so far (nil when its /proc entry cannot be read).
-local function children_cpu(pid)
+-- CPU seconds from /proc/PID/stat (nil when it cannot be read): pid's own (utime + stime, the
+-- 14th and 15th fields) or, with children, those of its waited-for children (cutime + cstime).
+local function proc_cpu(pid, children)
   local f = pid and io.open("/proc/" .. pid .. "/stat")
   if not f then return nil end
   local fields = {}
-  for x in f:read("a"):match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = x end
+  for x in f:read("a"):match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = x end   -- from field 3
   f:close()
-  return (tonumber(fields[14]) + tonumber(fields[15])) / CLK_TCK   -- stat's 16th and 17th fields
+  local k = children and 14 or 12
+  return (tonumber(fields[k]) + tonumber(fields[k + 1])) / CLK_TCK
 end
-
--- CPU seconds this process has used itself (utime + stime, stat's 14th and 15th fields).
-local function own_cpu()
-  local f = io.open("/proc/self/stat")
-  local fields = {}
-  for x in f:read("a"):match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = x end
-  f:close()
-  return (tonumber(fields[12]) + tonumber(fields[13])) / CLK_TCK
-end
+local function children_cpu(pid) return proc_cpu(pid, true) end
+local function own_cpu() return proc_cpu("self", false) end
 
 -- fn() run with the client's CPU (this process's children) and the server's measured: its
 -- result, client CPU s, server CPU s. The backends of the run must have exited to be counted.
@@ -507,7 +502,13 @@ if OPTS.only == "defer_ceiling" then
   -- Their connectors are made and closed inside each run, so that the server CPU of their
   -- backends is counted (with_cpu counts exited backends); the rate counts the defers only.
   local labels = lib.defer_cases(conninfo, { single = SINGLE, bulk = BATCH })
-  for _, i in ipairs { 2, 5, 6 } do
+  local picked = {}
+  for i, case in ipairs(labels) do
+    if case.label:find("^SyncPgConnector, one defer") or case.label:find("10 coroutines")
+      or case.label:find("^bulk defer") then picked[#picked + 1] = i end
+  end
+  assert(#picked == 3, "scripts/bench_lib.lua's defer cases changed their labels")
+  for _, i in ipairs(picked) do
     local jobs = labels[i].jobs
     cases[#cases + 1] = { label = "tarry: " .. labels[i].label, run = function()
       local ccpu
