@@ -84,6 +84,7 @@ describe("a worker killed with kill -9 mid-job", function()
     assert.are.equal("deferred,started,scheduled,deferred_for_retry,started,succeeded", W.events(name, first))
     -- one at a time: the next job of the lock started after the first one ended
     assert.is_true(event_at(name, next_one, "started", 1) >= event_at(name, first, "succeeded", 1))
+    b:wait_for("was left running by", 1, 30)
     assert.matches(string.format("job %d hold was left running by worker %s %%(no heartbeat for %%d+ s%%): retried\n",
       first, dead), b:output())
     assert.are.equal(0, W.count(name, "FROM procrastinate_jobs WHERE worker_id IS NOT NULL"))
@@ -109,6 +110,7 @@ describe("a worker killed with kill -9 mid-job", function()
       "the next same-lock job to run")
     assert.are.equal("failed|2|-", row(name, job))
     assert.are.equal("deferred,started,scheduled,deferred_for_retry,started,failed", W.events(name, job))
+    c:wait_for("was left running by", 1, 30)     -- the row is written before the worker logs it
     assert.matches(string.format("job %d stuck was left running by worker %s %%(no heartbeat for %%d+ s%%): " ..
       "failed %%(no retries left%%)", job, b_id), c:output())
     c:signal("TERM")
@@ -132,6 +134,7 @@ describe("a worker killed with kill -9 mid-job", function()
     local knows = started("--app " .. app .. " --name knows " .. FAST)
     proc.until_true_while({ knows }, function() return row(name, job) == "failed|1|-" end, 60, "the job to be recovered")
     -- (knows, starting after the kill, pruned the dead worker's registration: the job names no worker now)
+    knows:wait_for("was left running by", 1, 30)  -- the row is written before the worker logs it
     assert.matches(string.format("job %d rare was left running by a worker that is gone: failed %%(its task " ..
       "does not retry%%)", job), knows:output())
     assert.matches(string.format('job %d rare was left running by worker %s %%(no heartbeat for %%d+ s%%): not ' ..
