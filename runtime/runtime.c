@@ -36,8 +36,9 @@ struct tarry_rt {
     long resumes;           /* coroutines resumed so far (step() returns its share) */
 };
 
-/* The handle userdata. User values: 1 the thread, 2 the outcome table, 3 the joiners,
-   4 the error of an interrupt not yet delivered. */
+/* The handle userdata. User values: 1 the thread, 2 the outcome table (nil while it runs, and
+   after a success without results), 3 the joiners (a list, made by the first), 4 the error of an
+   interrupt not yet delivered. */
 struct tarry_co {
     tarry_rt *rt;
     lua_State *co;
@@ -374,9 +375,11 @@ void tarry_co_interrupt(lua_State *L, tarry_co *h)
 
 /* ---- finishing ---- */
 
-/* Store the outcome in user value 2: {n=, ...} or {err=, traceback=}.  [-0, +0, m] */
+/* Store the outcome in user value 2: {n=, ...} or {err=, traceback=}; nothing (nil) for a
+   success without results, as most jobs are.  [-0, +0, m] */
 static void store_outcome(lua_State *L, int hidx, tarry_co *h, int st, int nres)
 {
+    if (st == LUA_OK && nres == 0) return;
     lua_createtable(L, nres, 2);
     if (st == LUA_OK) {
         lua_xmove(h->co, L, nres);
@@ -398,7 +401,11 @@ static int push_outcome(lua_State *L, int hidx, lua_State *T)
 {
     tarry_co *h = lua_touserdata(L, hidx);
     int n, t;
-    lua_getiuservalue(L, hidx, 2);
+    if (lua_getiuservalue(L, hidx, 2) == LUA_TNIL) {      /* succeeded, no results */
+        lua_pop(L, 1);
+        lua_pushboolean(T, 1);
+        return 1;
+    }
     t = lua_gettop(L);
     if (h->status == CO_ERROR) {
         lua_pushboolean(T, 0);
@@ -421,7 +428,7 @@ static int push_outcome(lua_State *L, int hidx, lua_State *T)
 static void wake_joiners(lua_State *L, int hidx)
 {
     tarry_co *h = lua_touserdata(L, hidx);
-    lua_getiuservalue(L, hidx, 3);
+    if (lua_getiuservalue(L, hidx, 3) == LUA_TNIL) { lua_pop(L, 1); return; }   /* no one waits */
     int nj = (int)luaL_len(L, -1);
     for (int i = 1; i <= nj; i++) {
         lua_rawgeti(L, -1, i);
@@ -509,8 +516,6 @@ int tarry_rt_spawn(lua_State *L, int first)
     luaL_setmetatable(L, TARRY_CO_MT);
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, 1);
-    lua_newtable(L);
-    lua_setiuservalue(L, -2, 3);
     for (int i = first; i <= top; i++) lua_pushvalue(L, i);
     lua_xmove(L, co, nargs + 1);
     push_registry_table(L, &OWNED_KEY);
@@ -650,7 +655,12 @@ static int co_result(lua_State *L)
         me = tarry_rt_current(L);
         if (me == h) return luaL_error(L, "a coroutine cannot wait for its own result");
         if (me) {
-            lua_getiuservalue(L, 1, 3);
+            if (lua_getiuservalue(L, 1, 3) == LUA_TNIL) {   /* the first to wait for it */
+                lua_pop(L, 1);
+                lua_newtable(L);
+                lua_pushvalue(L, -1);
+                lua_setiuservalue(L, 1, 3);
+            }
             push_handle(L, me);
             lua_rawseti(L, -2, luaL_len(L, -2) + 1);
             lua_pop(L, 1);
