@@ -32,19 +32,26 @@ static void push_value(lua_State *L, const PGresult *res, int row, int col)
     }
 }
 
+/* The rows as tables keyed by column name (the names made into Lua strings once per result,
+   above the list while it is filled). */
 static void push_rows(lua_State *L, const PGresult *res)
 {
-    int nrows = PQntuples(res), ncols = PQnfields(res);
+    int nrows = PQntuples(res), ncols = PQnfields(res), list;
+    luaL_checkstack(L, ncols + 4, "too many columns");
     lua_createtable(L, nrows, 0);
+    list = lua_gettop(L);
+    for (int c = 0; c < ncols; c++) lua_pushstring(L, PQfname(res, c));
     for (int r = 0; r < nrows; r++) {
         lua_createtable(L, 0, ncols);
         for (int c = 0; c < ncols; c++) {
             if (PQgetisnull(res, r, c)) continue;
+            lua_pushvalue(L, list + 1 + c);
             push_value(L, res, r, c);
-            lua_setfield(L, -2, PQfname(res, c));
+            lua_rawset(L, -3);
         }
-        lua_rawseti(L, -2, r + 1);
+        lua_rawseti(L, list, r + 1);
     }
+    lua_settop(L, list);
 }
 
 static void push_ids(lua_State *L, const PGresult *res)
