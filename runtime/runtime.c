@@ -18,6 +18,12 @@
 static const char RT_KEY = 'r';       /* registry: the runtime's anchor userdata */
 static const char OWNED_KEY = 'o';    /* registry: thread -> handle of every running coroutine */
 static const char UNSEEN_KEY = 'u';   /* registry: handle -> true for failures nobody looked at */
+static const char SPARE_KEY = 's';    /* registry: threads of coroutines that returned, to reuse */
+
+/* Spare threads kept for the next spawns. A new thread starts with a small stack and call-info
+   list that its first calls grow, and is freed by the collector later: a worker spawns a
+   coroutine per job, so reusing the thread of one that returned saves both. */
+enum { SPARE_MAX = 256 };
 
 enum { CO_RUNNING, CO_OK, CO_ERROR };
 
@@ -34,9 +40,11 @@ struct tarry_rt {
     tarry_rt_hook *after_pass;   /* to run when that pass ends (tarry_rt_after_pass) */
     tarry_poll *poll;       /* the pollfd a host loop may watch (pollfd.c) */
     long resumes;           /* coroutines resumed so far (step() returns its share) */
+    int nspare;             /* threads in the SPARE_KEY list */
 };
 
-/* The handle userdata. User values: 1 the thread, 2 the outcome table (nil while it runs, and
+/* The handle userdata. User values: 1 the thread (nil once it returned: the thread may run
+   another coroutine then, and co is NULL), 2 the outcome table (nil while it runs, and
    after a success without results), 3 the joiners (a list, made by the first), 4 the error of an
    interrupt not yet delivered. */
 struct tarry_co {
@@ -441,6 +449,37 @@ static void wake_joiners(lua_State *L, int hidx)
     lua_pop(L, 1);
 }
 
+/* A coroutine returned: its thread (empty stack, no call, every upvalue and <close> variable
+   closed) joins the spare list, unless the list is full. The handle lets go of it.  [-0, +0, m] */
+static void keep_spare(lua_State *L, int hidx, tarry_co *h)
+{
+    tarry_rt *rt = h->rt;
+    if (rt->nspare >= SPARE_MAX || lua_status(h->co) != LUA_OK || lua_gettop(h->co) != 0) return;
+    push_registry_table(L, &SPARE_KEY);
+    lua_getiuservalue(L, hidx, 1);
+    lua_rawseti(L, -2, ++rt->nspare);
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setiuservalue(L, hidx, 1);
+    h->co = NULL;
+}
+
+/* Push a thread for a new coroutine: a spare one, with L's hook as a new thread would have, or
+   a new one.  [-0, +1, m] */
+static lua_State *take_thread(lua_State *L, tarry_rt *rt)
+{
+    lua_State *co;
+    if (rt->nspare == 0) return lua_newthread(L);
+    push_registry_table(L, &SPARE_KEY);
+    lua_rawgeti(L, -1, rt->nspare);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, rt->nspare--);
+    lua_remove(L, -2);
+    co = lua_tothread(L, -1);
+    lua_sethook(co, lua_gethook(L), lua_gethookmask(L), lua_gethookcount(L));
+    return co;
+}
+
 static void co_finish(lua_State *L, tarry_co *h, int st, int nres, int seen)
 {
     tarry_rt *rt = h->rt;
@@ -470,6 +509,7 @@ static void co_finish(lua_State *L, tarry_co *h, int st, int nres, int seen)
     lua_pushnil(L);
     lua_rawset(L, -3);
     lua_pop(L, 1);
+    if (st == LUA_OK) keep_spare(L, hidx, h);
     rt->alive--;
     wake_joiners(L, hidx);
     lua_pop(L, 1);
@@ -507,7 +547,7 @@ int tarry_rt_spawn(lua_State *L, int first)
     lua_State *co;
     tarry_co *h;
     luaL_checktype(L, first, LUA_TFUNCTION);
-    co = lua_newthread(L);
+    co = take_thread(L, rt);
     h = lua_newuserdatauv(L, sizeof *h, 4);
     memset(h, 0, sizeof *h);
     h->rt = rt;

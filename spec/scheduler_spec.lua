@@ -43,3 +43,65 @@ describe("the ready queue", function()
     assert.is_true(spins > 1)
   end)
 end)
+
+-- A coroutine that returned gives its thread to the next spawn (runtime.c, keep_spare): its
+-- handle must keep its own outcome and its methods must not reach the thread's new coroutine.
+describe("threads reused after a coroutine returns", function()
+  it("keep each handle's outcome, and a finished handle's methods leave the new coroutine alone", function()
+    local app = tarry.App{ connector = tarry.MemoryConnector() }
+    local first_thread, second_thread
+    local first = app:spawn(function() first_thread = coroutine.running(); return "one", 1 end)
+    app:run()
+    local ev = tarry.Event()
+    local second = app:spawn(function()
+      second_thread = coroutine.running()
+      ev:wait()
+      return "two"
+    end)
+    app:spawn(function()
+      tarry.sleep(0.01)                                     -- second waits on ev now
+      first:cancel()                                        -- no-ops: first has finished
+      first:interrupt()
+      assert.are.equal("running", second:status())
+      ev:set()
+    end)
+    app:run()
+    assert.are.equal(first_thread, second_thread)           -- the thread was reused
+    assert.are.same({ "one", 1 }, { first:result() })
+    assert.are.equal("succeeded", first:status())
+    assert.are.equal("two", second:result())
+    assert.matches("^<tarry.Coroutine succeeded", tostring(first))
+  end)
+
+  it("do not carry a hook set inside one coroutine into the next", function()
+    local app = tarry.App{ connector = tarry.MemoryConnector() }
+    local hooked, seen = 0, nil
+    app:spawn(function() debug.sethook(function() hooked = hooked + 1 end, "", 1) end)
+    app:run()
+    app:spawn(function() seen = debug.gethook() end)
+    app:run()
+    assert.is_nil(seen)
+  end)
+
+  it("are not reused after a failure or a cancel (their stacks are not clean)", function()
+    local app = tarry.App{ connector = tarry.MemoryConnector() }
+    local threads = {}
+    local failed = app:spawn(function() threads.failed = coroutine.running(); error("boom") end)
+    local cancelled = app:spawn(function() threads.cancelled = coroutine.running(); tarry.sleep(10) end)
+    local seen_thread
+    local seen = app:spawn(function()
+      seen_thread = coroutine.running()
+      tarry.sleep(0.01)
+      cancelled:cancel()
+      return pcall(failed.result, failed)     -- seen: app:run() does not raise it
+    end)
+    app:run()
+    assert.is_false((seen:result()))
+    local next_threads = {}                   -- more at once than there can be spares
+    for i = 1, 5 do app:spawn(function() next_threads[coroutine.running()] = i; tarry.sleep(0) end) end
+    app:run()
+    assert.is_nil(next_threads[threads.failed])
+    assert.is_nil(next_threads[threads.cancelled])
+    assert.is_not_nil(next_threads[seen_thread])   -- what did return was reused
+  end)
+end)
