@@ -352,6 +352,17 @@ describe("json_decode", function()
     assert.are.equal(1.5, decode "1.5")
   end)
 
+  it("gives a new plain table for each empty object (the fast path for '{}'), an array for '[]'", function()
+    local a, b = decode "{}", decode "{}"
+    assert.are.same({}, a)
+    assert.are_not.equal(a, b)
+    assert.is_nil(getmetatable(a))
+    a.x = 1
+    assert.is_nil(b.x)
+    assert.are.equal("{}", encode(decode "{}"))
+    assert.are.equal("[]", encode(decode "[]"))
+  end)
+
   it("raises on invalid JSON with line and column", function()
     assert.are.equal("invalid JSON: ']' expected near end of file (line 1, column 3)", decode_error "[1,")
     assert.are.equal("invalid JSON: end of file expected near 'x' (line 1, column 5)", decode_error "[1] x")
