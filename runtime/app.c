@@ -69,7 +69,7 @@ typedef struct job_fields {
     lua_Integer priority;
     int has_at;
     double at;                          /* scheduled_at, at most MAX_SCHEDULE */
-    json_t *args;                       /* owned by the reader until handed on */
+    int args;                           /* stack slot of the args table, 0 if none (then {}) */
 } job_fields;
 
 /* The JSON keys of str[], as the defer statement reads them. */
@@ -136,23 +136,21 @@ static int schedule_field(lua_State *L, int job, job_error *e, job_fields *f)
     return 1;
 }
 
-static json_t *args_field(lua_State *L, int job, job_error *e)
+/* The job's args, left pushed; their slot, or 0 for none (nil: the job gets {}). They are
+   checked as they are written (write_args). */
+static int args_field(lua_State *L, int job)
 {
-    json_t *j;
-    if (lua_getfield(L, job, "args") == LUA_TNIL) { lua_pop(L, 1); return json_object(); }
-    j = tarry_json_from_lua(L, -1, "args", 1, e->msg, sizeof e->msg);
+    if (lua_getfield(L, job, "args") != LUA_TNIL) return lua_gettop(L);
     lua_pop(L, 1);
-    if (!j) e->code = "invalid_args";
-    return j;
+    return 0;
 }
 
 /* Reads and checks the job table at `job` into f, in the order its errors are reported; leaves
-   pushed the values f's strings point into (the caller restores the stack top). 0 with e
-   filled in when the job is refused (f->args is then NULL). */
+   pushed the values f's strings point into, and the args (the caller restores the stack top).
+   0 with e filled in when the job is refused. */
 static int read_job(lua_State *L, int job, job_fields *f, job_error *e)
 {
     e->code = "invalid_job";
-    f->args = NULL;
     if (!string_field(L, job, "task_name", 1, 0, e, &f->str[0], &f->len[0])
         || !string_field(L, job, "queue", 1, 0, e, &f->str[1], &f->len[1])
         || !string_field(L, job, "lock", 0, MAX_LOCK_BYTES, e, &f->str[2], &f->len[2])
@@ -160,7 +158,8 @@ static int read_job(lua_State *L, int job, job_fields *f, job_error *e)
         || !priority_field(L, job, e, &f->priority) || !schedule_field(L, job, e, f)
         || !check_names(f, e))
         return 0;
-    return (f->args = args_field(L, job, e)) != NULL;
+    f->args = args_field(L, job);
+    return 1;
 }
 
 /* ---- deferring ---- */
@@ -183,8 +182,8 @@ static void args_too_big(lua_State *L, size_t n, size_t i, size_t len)
 }
 
 /* Calls each(L, &fields, i, n, data) for job i (from 1) of the n in the array at jobs, with
-   its fields read and checked; raises an error object naming the first bad one. each owns
-   fields.args. */
+   its fields read and checked; raises an error object naming the first bad one. each writes
+   (and so checks) fields.args. */
 static void each_job(lua_State *L, int jobs,
                      void (*each)(lua_State *, job_fields *, size_t, size_t, void *), void *data)
 {
@@ -204,7 +203,7 @@ static void each_job(lua_State *L, int jobs,
 }
 
 /* -- the batch as JSON text, for a C connector --
-   The outer objects are written here, field by field; jansson writes only the args. The text
+   The outer objects are written here, field by field, the args by json.c's writer. The text
    grows in a userdata, so that an error on the way frees it (its __gc). */
 #define BATCH_TEXT_MT "tarry.app.batch_text"
 
@@ -247,33 +246,38 @@ static int put_cb(const char *s, size_t n, void *data)
     return b->oom ? -1 : 0;
 }
 
-/* s (n bytes, valid UTF-8) as a JSON string, escaped as jansson escapes it. */
+/* s (n bytes, valid UTF-8) as a JSON string token (a refusal sets b->oom). */
 static void put_string(batch_text *b, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t run = 0;
-    PUT_LITERAL(b, "\"");
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        char esc[6] = { '\\', 0, '0', '0', 0, 0 };
-        size_t elen = 2;
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        put(b, s + run, i - run);
-        run = i + 1;
-        switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        default: esc[1] = 'u'; esc[4] = hex[c >> 4]; esc[5] = hex[c & 15]; elen = 6; break;
-        }
-        put(b, esc, elen);
+    tarry_json_write_string(s, n, put_cb, b);
+}
+
+/* Writes job i's (of n) args as JSON through out: {} when it has none. Raises invalid_args
+   naming the job when they have no JSON form, or are bigger than MAX_ARGS_BYTES (the bytes
+   counted by count_out); out NULL only checks them. */
+typedef struct args_out { tarry_json_out out; void *data; size_t bytes; int refused; } args_out;
+
+static int count_out(const char *s, size_t len, void *data)
+{
+    args_out *a = data;
+    a->bytes += len;
+    if (a->out && a->out(s, len, a->data) != 0) a->refused = 1;
+    return a->refused ? -1 : 0;
+}
+
+static void write_args(lua_State *L, job_fields *f, size_t i, size_t n, tarry_json_out out, void *data)
+{
+    job_error e;
+    args_out a = { out, data, 0, 0 };
+    if (f->args == 0) {
+        if (out && out("{}", 2, data) != 0) luaL_error(L, "out of memory");
+        return;
     }
-    put(b, s + run, n - run);
-    PUT_LITERAL(b, "\"");
+    if (!tarry_json_write(L, f->args, "args", 1, count_out, &a, e.msg, sizeof e.msg)) {
+        if (a.refused) luaL_error(L, "out of memory");
+        raise_job_error(L, n, i, "invalid_args", e.msg);
+    }
+    if (a.bytes > MAX_ARGS_BYTES) args_too_big(L, n, i, a.bytes);
 }
 
 static void put_integer(batch_text *b, long long v)
@@ -290,7 +294,6 @@ static void put_job(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
 {
     batch_text *b = data;
     char num[40];
-    size_t args_at;
     put(b, i == 1 ? "[" : ",", 1);
     for (int k = 0; k < 4; k++) {
         put(b, k == 0 ? "{\"" : ",\"", 2);
@@ -304,11 +307,8 @@ static void put_job(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
     if (f->has_at) put(b, num, (size_t)snprintf(num, sizeof num, ",\"at\":%.17g", f->at));
     else PUT_LITERAL(b, ",\"at\":null");
     PUT_LITERAL(b, ",\"args\":");
-    args_at = b->n;
-    if (tarry_json_dump_to(f->args, put_cb, b) != 0) b->oom = 1;
-    json_decref(f->args);
+    write_args(L, f, i, n, put_cb, b);
     if (b->oom) luaL_error(L, "out of memory");
-    if (b->n - args_at > MAX_ARGS_BYTES) args_too_big(L, n, i, b->n - args_at);
     put(b, i == n ? "}]" : "}", i == n ? 2 : 1);
 }
 
@@ -335,14 +335,13 @@ static void push_job_table(lua_State *L, job_fields *f, size_t i, size_t n, void
 {
     static const char *const names[4] = { "task_name", "queue_name", "lock", "queueing_lock" };
     int list = *(int *)data;
-    char *args = tarry_json_dump(f->args);
-    size_t len = args ? strlen(args) : 0;
-    json_decref(f->args);
-    if (!args) luaL_error(L, "out of memory");
-    if (len > MAX_ARGS_BYTES) { free(args); args_too_big(L, n, i, len); }
+    batch_text *text = lua_newuserdatauv(L, sizeof *text, 0);   /* freed by its __gc on an error */
+    memset(text, 0, sizeof *text);
+    luaL_setmetatable(L, BATCH_TEXT_MT);
+    write_args(L, f, i, n, put_cb, text);
+    if (text->oom) luaL_error(L, "out of memory");
     lua_createtable(L, 0, 7);
-    lua_pushlstring(L, args, len);
-    free(args);
+    lua_pushlstring(L, text->p, text->n);
     lua_setfield(L, -2, "args");
     for (int k = 0; k < 4; k++) {
         if (!f->str[k]) continue;
@@ -394,10 +393,11 @@ static int app_defer_jobs(lua_State *L)
     return insert_text(L, conn, lua_gettop(L), (int)luaL_len(L, 2));
 }
 
-static void drop_job(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
+/* each_job's step when only checking: the args are written to nowhere. */
+static void check_job(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
 {
-    (void)L; (void)i; (void)n; (void)data;
-    json_decref(f->args);
+    (void)data;
+    write_args(L, f, i, n, NULL, NULL);
 }
 
 /* app:_encode_jobs(jobs) -> text | false: validates jobs as _defer_jobs does (raising the same
@@ -410,7 +410,7 @@ static int app_encode_jobs(lua_State *L)
     lua_settop(L, 2);
     lua_getiuservalue(L, app, 2);
     if (tarry_is_c_connector(L, 3)) { push_batch_text(L, 2); return 1; }
-    each_job(L, 2, drop_job, NULL);
+    each_job(L, 2, check_job, NULL);
     lua_pushboolean(L, 0);
     return 1;
 }

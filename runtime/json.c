@@ -1,6 +1,7 @@
-/* JSON <-> Lua values with jansson.
-   Encoding walks the Lua value without raising: a failure is a message that names the bad value by
-   its path in Lua syntax (args.tags[3], args["my key"]). Decoding refuses what a Lua value cannot
+/* JSON <-> Lua values.
+   Encoding walks the Lua value and writes the text as it goes, without raising: a failure is a
+   message that names the bad value by its path in Lua syntax (args.tags[3], args["my key"]).
+   Decoding parses with jansson, then refuses what a Lua value cannot
    hold (integers beyond 64 bits, numbers beyond a double, nesting deeper than the encoder allows)
    and json_diagnose.c names the place the same way. The array marker and the null sentinel live
    in the registry. */
@@ -73,9 +74,11 @@ typedef struct Encoder {
     const char *root;   /* the root's name in paths */
     char *err;
     size_t errlen;
+    tarry_json_out out; /* where the text goes, piece by piece */
+    void *out_data;
 } Encoder;
 
-static json_t *encode_value(const Encoder *e, int idx, const Step *at);
+static int write_value(const Encoder *e, int idx, const Step *at);
 
 /* Appends to the error message, which is len bytes long; returns the new length (clipped). */
 PRINTF_LIKE(3, 4) static size_t put(const Encoder *e, size_t len, const char *fmt, ...)
@@ -164,20 +167,10 @@ static void vfail(const Encoder *e, const Step *at, const char *fmt, va_list ap)
     snprintf(e->err + len, e->errlen - len, ": %s", msg);
 }
 
-/* Writes "<path of at>: <message>" to the error buffer; returns NULL. */
-PRINTF_LIKE(3, 4) static json_t *fail(const Encoder *e, const Step *at, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vfail(e, at, fmt, ap);
-    va_end(ap);
-    return NULL;
-}
-
 void tarry_json_path_error(char *err, size_t errlen, const char *root, const Step *at,
                            const char *fmt, ...)
 {
-    Encoder e = {NULL, 0, 0, 0, root, err, errlen};
+    Encoder e = {NULL, 0, 0, 0, root, err, errlen, NULL, NULL};
     va_list ap;
     va_start(ap, fmt);
     vfail(&e, at, fmt, ap);
@@ -194,36 +187,101 @@ PRINTF_LIKE(3, 4) static int reject(const Encoder *e, const Step *at, const char
     return 0;
 }
 
-static json_t *made(const Encoder *e, const Step *at, json_t *j)
+/* Hands n bytes of text on; 0 (with the error written) when the output refused them. */
+static int emit_text(const Encoder *e, const Step *at, const char *s, size_t n)
 {
-    return j ? j : fail(e, at, "out of memory");
+    return e->out(s, n, e->out_data) == 0 ? 1 : reject(e, at, "out of memory");
 }
 
-static json_t *encode_number(const Encoder *e, int idx, const Step *at)
+#define EMIT_LITERAL(e, at, s) emit_text((e), (at), (s), sizeof(s) - 1)
+
+/* The decimal digits of v into the end of buf (24 bytes); returns where they start. */
+static char *integer_text(char *end, lua_Integer v)
 {
+    lua_Unsigned u = v < 0 ? 0u - (lua_Unsigned)v : (lua_Unsigned)v;
+    char *p = end;
+    do
+        *--p = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        *--p = '-';
+    return p;
+}
+
+static int real_precision(double x, int p);
+static size_t real_text(double x, char *buf);
+
+static int write_number(const Encoder *e, int idx, const Step *at)
+{
+    char buf[400];
     lua_Number x;
-    if (lua_isinteger(e->L, idx))
-        return made(e, at, json_integer(lua_tointeger(e->L, idx)));
+    if (lua_isinteger(e->L, idx)) {
+        char *end = buf + 24, *p = integer_text(end, lua_tointeger(e->L, idx));
+        return emit_text(e, at, p, (size_t)(end - p));
+    }
     x = lua_tonumber(e->L, idx);
     if (isnan(x))
-        return fail(e, at, "cannot encode NaN");
+        return reject(e, at, "cannot encode NaN");
     if (isinf(x))
-        return fail(e, at, "cannot encode %s", x > 0 ? "inf" : "-inf");
-    return made(e, at, json_real(x));
+        return reject(e, at, "cannot encode %s", x > 0 ? "inf" : "-inf");
+    return emit_text(e, at, buf, real_text(x, buf));
 }
 
-static json_t *encode_string(const Encoder *e, int idx, const Step *at)
+int tarry_json_write_string(const char *s, size_t n, tarry_json_out out, void *data)
 {
-    size_t len, good;
-    const char *s = lua_tolstring(e->L, idx, &len);
+    static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
+    if (out("\"", 1, data) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6] = {'\\', 0, '0', '0', 0, 0};
+        size_t elen = 2;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default: esc[1] = 'u'; esc[4] = hex[c >> 4]; esc[5] = hex[c & 15]; elen = 6; break;
+        }
+        if ((i > run && out(s + run, i - run, data) != 0) || out(esc, elen, data) != 0)
+            return -1;
+        run = i + 1;
+    }
+    if ((n > run && out(s + run, n - run, data) != 0) || out("\"", 1, data) != 0)
+        return -1;
+    return 0;
+}
+
+/* Checks a string or key for what JSON or jsonb cannot hold: 0 (with the error written) if bad. */
+static int check_text(const Encoder *e, const Step *at, const char *s, size_t len, const char *what)
+{
+    size_t good;
     const char *nul;
     if ((good = tarry_json_utf8_valid(s, len)) < len)
-        return fail(e, at, "invalid UTF-8 in string at byte %zu", good + 1);
+        return reject(e, at, "invalid UTF-8 in %s at byte %zu", what, good + 1);
     /* PostgreSQL's jsonb cannot store \u0000: refuse it here, with the path, not at insert time */
     if ((nul = memchr(s, 0, len)) != NULL)
-        return fail(e, at, "NUL byte in string at byte %zu (PostgreSQL's jsonb rejects \\u0000)",
-                    (size_t)(nul - s) + 1);
-    return made(e, at, json_stringn(s, len));
+        return what[0] == 'k'
+            ? reject(e, at, "NUL byte in key (JSON decoders reject it)")
+            : reject(e, at, "NUL byte in string at byte %zu (PostgreSQL's jsonb rejects \\u0000)",
+                     (size_t)(nul - s) + 1);
+    return 1;
+}
+
+static int write_string(const Encoder *e, int idx, const Step *at)
+{
+    size_t len;
+    const char *s = lua_tolstring(e->L, idx, &len);
+    if (!check_text(e, at, s, len, "string"))
+        return 0;
+    return tarry_json_write_string(s, len, e->out, e->out_data) == 0 ? 1
+                                                                      : reject(e, at, "out of memory");
 }
 
 /* What a table's keys make of it. */
@@ -330,105 +388,167 @@ static Step step_into(const Encoder *e, int t, const Step *at)
     return s;
 }
 
-static json_t *encode_array(const Encoder *e, int t, lua_Integer n, const Step *at)
+static int write_array(const Encoder *e, int t, lua_Integer n, const Step *at)
 {
     Step step = step_into(e, t, at);
-    json_t *v, *a = json_array();
-    if (a == NULL)
-        return fail(e, at, "out of memory");
-    for (step.index = 1; step.index <= n; step.index++) {
-        lua_rawgeti(e->L, t, step.index);
-        v = encode_value(e, lua_gettop(e->L), &step);
-        lua_pop(e->L, 1);
-        if (v == NULL || json_array_append_new(a, v) != 0) {
-            json_decref(a);
-            return v ? fail(e, &step, "out of memory") : NULL;
-        }
-    }
-    return a;
-}
-
-/* Adds the key and value at the top of the stack to object o; 0 on failure. */
-static int add_member(const Encoder *e, json_t *o, Step *step)
-{
-    size_t good;
-    json_t *v;
-    step->key = lua_tolstring(e->L, -2, &step->keylen);
-    if ((good = tarry_json_utf8_valid(step->key, step->keylen)) < step->keylen)
-        return reject(e, step, "invalid UTF-8 in key at byte %zu", good + 1);
-    if (memchr(step->key, '\0', step->keylen))
-        return reject(e, step, "NUL byte in key (JSON decoders reject it)");
-    if ((v = encode_value(e, lua_gettop(e->L), step)) == NULL)
+    if (!EMIT_LITERAL(e, at, "["))
         return 0;
-    if (json_object_setn_new(o, step->key, step->keylen, v) != 0)
-        return reject(e, step, "out of memory");
-    return 1;
+    for (step.index = 1; step.index <= n; step.index++) {
+        int ok;
+        if (step.index > 1 && !EMIT_LITERAL(e, at, ","))
+            return 0;
+        lua_rawgeti(e->L, t, step.index);
+        ok = write_value(e, lua_gettop(e->L), &step);
+        lua_pop(e->L, 1);
+        if (!ok)
+            return 0;
+    }
+    return EMIT_LITERAL(e, at, "]");
 }
 
-static json_t *encode_object(const Encoder *e, int t, const Step *at)
+typedef struct Key {
+    const char *s;
+    size_t n;
+} Key;
+
+/* Byte order, a prefix first: the order jansson's JSON_SORT_KEYS gave (keys hold no NUL). */
+static int key_order(const void *pa, const void *pb)
+{
+    const Key *a = pa, *b = pb;
+    int c = memcmp(a->s, b->s, a->n < b->n ? a->n : b->n);
+    return c ? c : (a->n > b->n) - (a->n < b->n);
+}
+
+/* Writes the object t's members, keys sorted, from its nkeys string keys (a shape checked).
+   The key strings stay alive in t, which nothing changes meanwhile. */
+static int write_members(const Encoder *e, int t, Key *keys, size_t nkeys, const Step *at)
 {
     Step step = step_into(e, t, at);
-    json_t *o = json_object();
-    if (o == NULL)
-        return fail(e, at, "out of memory");
+    size_t i = 0;
     lua_pushnil(e->L);
-    while (lua_next(e->L, t)) {
-        int ok = add_member(e, o, &step);
-        lua_pop(e->L, ok ? 1 : 2);
-        if (!ok) {
-            json_decref(o);
-            return NULL;
-        }
+    while (lua_next(e->L, t) && i < nkeys) {
+        lua_pop(e->L, 1);
+        keys[i].s = lua_tolstring(e->L, -1, &keys[i].n);
+        i++;
     }
-    return o;
+    if (i == nkeys && nkeys > 1)
+        qsort(keys, nkeys, sizeof *keys, key_order);
+    for (i = 0; i < nkeys; i++) {
+        int ok;
+        step.key = keys[i].s;
+        step.keylen = keys[i].n;
+        if (!check_text(e, &step, step.key, step.keylen, "key"))
+            return 0;
+        if (!emit_text(e, at, i ? "," : "{", 1)
+            || tarry_json_write_string(step.key, step.keylen, e->out, e->out_data) != 0
+            || !EMIT_LITERAL(e, at, ":"))
+            return reject(e, at, "out of memory");
+        lua_pushlstring(e->L, step.key, step.keylen);
+        lua_rawget(e->L, t);
+        ok = write_value(e, lua_gettop(e->L), &step);
+        lua_pop(e->L, 1);
+        if (!ok)
+            return 0;
+    }
+    return nkeys ? EMIT_LITERAL(e, at, "}") : EMIT_LITERAL(e, at, "{}");
 }
 
-static json_t *encode_table(const Encoder *e, int t, const Step *at)
+static int write_object(const Encoder *e, int t, size_t nkeys, const Step *at)
+{
+    Key small[16], *keys = nkeys <= 16 ? small : malloc(nkeys * sizeof *keys);
+    int ok;
+    if (keys == NULL)
+        return reject(e, at, "out of memory");
+    ok = write_members(e, t, keys, nkeys, at);
+    if (keys != small)
+        free(keys);
+    return ok;
+}
+
+static int write_table(const Encoder *e, int t, const Step *at)
 {
     Shape s;
     if (!enter(e, t, at) || !check_shape(e, t, at, &s))
-        return NULL;
-    return s.array ? encode_array(e, t, s.count, at) : encode_object(e, t, at);
+        return 0;
+    return s.array ? write_array(e, t, s.count, at) : write_object(e, t, s.strings, at);
 }
 
-static json_t *encode_value(const Encoder *e, int idx, const Step *at)
+static int write_value(const Encoder *e, int idx, const Step *at)
 {
     lua_State *L = e->L;
     switch (lua_type(L, idx)) {
-    case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
-    case LUA_TNUMBER: return encode_number(e, idx, at);
-    case LUA_TSTRING: return encode_string(e, idx, at);
-    case LUA_TTABLE: return encode_table(e, idx, at);
-    case LUA_TNIL: return fail(e, at, "cannot encode nil");
+    case LUA_TBOOLEAN:
+        return lua_toboolean(L, idx) ? EMIT_LITERAL(e, at, "true") : EMIT_LITERAL(e, at, "false");
+    case LUA_TNUMBER: return write_number(e, idx, at);
+    case LUA_TSTRING: return write_string(e, idx, at);
+    case LUA_TTABLE: return write_table(e, idx, at);
+    case LUA_TNIL: return reject(e, at, "cannot encode nil");
     default:
         if (lua_rawequal(L, idx, e->null))
-            return json_null();
-        return fail(e, at, "cannot encode a %s", luaL_typename(L, idx));
+            return EMIT_LITERAL(e, at, "null");
+        return reject(e, at, "cannot encode a %s", luaL_typename(L, idx));
     }
 }
 
-/* The value at idx as a new jansson value, or NULL with a message in err.  [-0, +0, m] */
-json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_only, char *err,
-                            size_t errlen)
+int tarry_json_write(lua_State *L, int idx, const char *path, int object_only, tarry_json_out out,
+                     void *data, char *err, size_t errlen)
 {
-    Encoder e = {L, 0, 0, object_only, path ? path : "value", err, errlen};
-    json_t *j;
+    Encoder e = {L, 0, 0, object_only, path ? path : "value", err, errlen, out, data};
+    int ok;
     idx = lua_absindex(L, idx);
     if (!lua_checkstack(L, 2))
-        return fail(&e, NULL, "Lua stack overflow");
+        return reject(&e, NULL, "Lua stack overflow");
     luaL_getmetatable(L, ARRAY_MT);
     e.array_mt = lua_gettop(L);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key);
     e.null = lua_gettop(L);
     if (object_only && lua_type(L, idx) != LUA_TTABLE)
-        j = fail(&e, NULL, NOT_OBJECT, lua_rawequal(L, idx, e.null) ? "null" : luaL_typename(L, idx));
+        ok = reject(&e, NULL, NOT_OBJECT, lua_rawequal(L, idx, e.null) ? "null" : luaL_typename(L, idx));
     else
-        j = encode_value(&e, idx, NULL);
+        ok = write_value(&e, idx, NULL);
     lua_pop(L, 2);
-    return j;
+    return ok;
 }
 
-/* ---- Dumping ---- */
+/* A growing malloc'd text, for tarry_json_encode. */
+typedef struct Text {
+    char *p;
+    size_t n, cap;
+} Text;
+
+static int text_out(const char *s, size_t n, void *data)
+{
+    Text *t = data;
+    if (t->cap - t->n < n + 1) {
+        size_t cap = t->cap ? t->cap : 64;
+        char *p;
+        while (cap - t->n < n + 1)
+            cap *= 2;
+        if ((p = realloc(t->p, cap)) == NULL)
+            return -1;
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->n, s, n);
+    t->n += n;
+    t->p[t->n] = '\0';
+    return 0;
+}
+
+char *tarry_json_encode(lua_State *L, int idx, const char *path, int object_only, size_t *len,
+                        char *err, size_t errlen)
+{
+    Text t = {NULL, 0, 0};
+    if (!tarry_json_write(L, idx, path, object_only, text_out, &t, err, errlen)) {
+        free(t.p);
+        return NULL;
+    }
+    if (len)
+        *len = t.n;
+    return t.p;
+}
+
+/* ---- Reals ---- */
 
 /* The smallest precision, at least p, at which "%.*g" gives x back exactly. */
 static int real_precision(double x, int p)
@@ -440,25 +560,6 @@ static int real_precision(double x, int p)
             break;
     }
     return p;
-}
-
-/* The precision that every real in j needs, at least p; 0 if j holds no real. (A precision that
-   round-trips a real also round-trips it with more digits.) */
-static int needed_precision(const json_t *j, int p)
-{
-    const char *key;
-    json_t *v;
-    size_t i;
-    switch (json_typeof(j)) {
-    case JSON_REAL: return real_precision(json_real_value(j), p > 0 ? p : 1);
-    case JSON_ARRAY:
-        json_array_foreach(j, i, v) p = needed_precision(v, p);
-        return p;
-    case JSON_OBJECT:
-        json_object_foreach((json_t *)j, key, v) p = needed_precision(v, p);
-        return p;
-    default: return p;
-    }
 }
 
 /* Text written to p, or only measured while p is NULL. */
@@ -481,96 +582,38 @@ static void emit_zeros(Out *o, size_t n)
     o->n += n;
 }
 
-/* Emits the number token s (n bytes), positionally if it has a positive exponent: "1.5e20" becomes
-   "150000000000000000000.0". jansson's %g puts at most exp digits after the point then. */
-static void emit_number(Out *o, const char *s, size_t n)
+/* x in its shortest "%g" form that reads back exactly, into buf (400 bytes); returns its length.
+   It keeps a decimal point or an exponent, so that it decodes as a float, and a positive exponent
+   is written out (1.5e20 as 150000000000000000000.0): PostgreSQL's jsonb keeps numbers as numeric
+   and would print 1e2 as 100, which would come back an integer. */
+static size_t real_text(double x, char *buf)
 {
-    const char *e = memchr(s, 'e', n), *dot;
-    size_t frac;
+    char g[40], *e, *dot;
+    Out o = {buf, 0};
     long exp;
-    if (e == NULL || e[1] == '-') {
-        emit(o, s, n);
-        return;
+    size_t frac;
+    snprintf(g, sizeof g, "%.*g", real_precision(x, 1), x);
+    if ((e = strchr(g, 'e')) == NULL) {
+        emit(&o, g, strlen(g));
+        if (strchr(g, '.') == NULL)
+            emit(&o, ".0", 2);
+        return o.n;
     }
     exp = strtol(e + 1, NULL, 10);
-    dot = memchr(s, '.', (size_t)(e - s));
+    dot = memchr(g, '.', (size_t)(e - g));
     frac = dot ? (size_t)(e - dot - 1) : 0;
-    if (exp < (long)frac) {
-        emit(o, s, n);
-        return;
+    if (exp < 0) {                                  /* 1e-05 as 1e-5 */
+        char digits[8];
+        emit(&o, g, (size_t)(e - g));
+        emit(&o, digits, (size_t)snprintf(digits, sizeof digits, "e%ld", exp));
+        return o.n;
     }
-    emit(o, s, (size_t)((dot ? dot : e) - s));
+    emit(&o, g, (size_t)((dot ? dot : e) - g));    /* %g's exponent is at least its fraction's digits */
     if (dot)
-        emit(o, dot + 1, frac);
-    emit_zeros(o, (size_t)exp - frac);
-    emit(o, ".0", 2);
-}
-
-/* Length of the string token at s, quotes included. */
-static size_t string_len(const char *s)
-{
-    size_t i = 1;
-    while (s[i] != '"')
-        i += s[i] == '\\' ? 2 : 1;
-    return i + 1;
-}
-
-/* PostgreSQL's jsonb keeps numbers as numeric and prints 1e2 as 100, which would come back an
-   integer: emit reals with a positive exponent positionally (100.0); negative exponents come back
-   with a decimal point anyway. */
-static void emit_positional(Out *o, const char *text)
-{
-    size_t n;
-    for (; *text; text += n) {
-        if (*text == '"')
-            emit(o, text, n = string_len(text));
-        else if (*text == '-' || (*text >= '0' && *text <= '9'))
-            emit_number(o, text, n = strspn(text, "0123456789+-.eE"));
-        else
-            emit(o, text, n = 1);
-    }
-}
-
-/* A malloc'd copy of text with positional reals; frees text. */
-static char *positional(char *text)
-{
-    Out o = {NULL, 0};
-    emit_positional(&o, text);
-    o.p = malloc(o.n + 1);
-    if (o.p) {
-        o.n = 0;
-        emit_positional(&o, text);
-        o.p[o.n] = '\0';
-    }
-    free(text);
-    return o.p;
-}
-
-/* j as compact JSON text, keys sorted, reals exact; malloc'd, NULL if out of memory. */
-#define DUMP_FLAGS (JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS)
-
-/* j's text when its reals need precision p (> 0); malloc'd, NULL if out of memory. */
-static char *dump_reals(const json_t *j, int p)
-{
-    char *text = json_dumps(j, DUMP_FLAGS | JSON_REAL_PRECISION(p));
-    return text ? positional(text) : NULL;
-}
-
-char *tarry_json_dump(const json_t *j)
-{
-    int p = needed_precision(j, 0);
-    return p > 0 ? dump_reals(j, p) : json_dumps(j, DUMP_FLAGS);
-}
-
-int tarry_json_dump_to(const json_t *j, json_dump_callback_t cb, void *data)
-{
-    int p = needed_precision(j, 0), r;
-    char *text;
-    if (p == 0) return json_dump_callback(j, cb, data, DUMP_FLAGS);   /* no real: straight out */
-    if (!(text = dump_reals(j, p))) return -1;
-    r = cb(text, strlen(text), data);
-    free(text);
-    return r;
+        emit(&o, dot + 1, frac);
+    emit_zeros(&o, (size_t)exp - frac);
+    emit(&o, ".0", 2);
+    return o.n;
 }
 
 /* ---- Decoding ---- */
@@ -706,16 +749,14 @@ int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, siz
 static int core_json_encode(lua_State *L)
 {
     char err[1024];
+    size_t len;
     Guard *g;
     luaL_checkany(L, 1);
     g = guard_new(L);
-    g->json = tarry_json_from_lua(L, 1, "value", 0, err, sizeof err);
-    if (g->json == NULL)
-        return luaL_error(L, "%s", err);
-    g->text = tarry_json_dump(g->json);
+    g->text = tarry_json_encode(L, 1, "value", 0, &len, err, sizeof err);
     if (g->text == NULL)
-        return luaL_error(L, "value: out of memory");
-    lua_pushstring(L, g->text);
+        return luaL_error(L, "%s", err);
+    lua_pushlstring(L, g->text, len);
     guard_release(g);
     return 1;
 }

@@ -1,4 +1,4 @@
-/* JSON <-> Lua values (jansson).
+/* JSON <-> Lua values (decoding with jansson; encoding straight to text).
    A table with string keys is an object; a table with keys 1..n, or any table marked by array(),
    is an array; the sentinel `null` is JSON null. Integers stay integers, floats stay floats. */
 #ifndef TARRY_JSON_H
@@ -17,21 +17,26 @@
    [-0, +0, e] */
 void tarry_json_open(lua_State *L);
 
-/* Converts the Lua value at idx to a new jansson value (the caller owns the reference).
-   `path` names the value in errors ("args"). If `object_only`, the value must encode as an
-   object. On failure returns NULL and writes a message such as
-   "args.tags[3]: cannot encode a function" to err. Raises only memory errors.  [-0, +0, m] */
-json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_only, char *err,
-                            size_t errlen);
+/* Where the encoder's text goes, piece by piece (jansson's json_dump_callback_t): 0, or -1 to
+   refuse a piece (out of memory). */
+typedef int (*tarry_json_out)(const char *text, size_t len, void *data);
 
-/* Serializes j compactly with sorted keys; reals are written so that PostgreSQL jsonb keeps them
-   reals and so that they read back bit-exactly. Returns malloc'd text (free()), NULL if out of
-   memory. */
-char *tarry_json_dump(const json_t *j);
+/* Writes the Lua value at idx as compact JSON text through out: keys sorted, each real in the
+   shortest form that reads back bit-exactly and that PostgreSQL jsonb keeps a real. `path` names
+   the value in errors ("args"). If `object_only`, the value must encode as an object. Returns 1;
+   or 0 with a message such as "args.tags[3]: cannot encode a function" in err (part of the text
+   may have gone out). Raises only memory errors.  [-0, +0, m] */
+int tarry_json_write(lua_State *L, int idx, const char *path, int object_only, tarry_json_out out,
+                     void *data, char *err, size_t errlen);
 
-/* The same text handed to cb in pieces (jansson's json_dump_callback): 0, or -1 when cb
-   refused a piece or memory ran out. */
-int tarry_json_dump_to(const json_t *j, json_dump_callback_t cb, void *data);
+/* The same text, malloc'd and NUL-terminated (free()), its length in *len if len is not NULL;
+   NULL with the message in err (or "out of memory").  [-0, +0, m] */
+char *tarry_json_encode(lua_State *L, int idx, const char *path, int object_only, size_t *len,
+                        char *err, size_t errlen);
+
+/* s (n bytes of valid UTF-8) as a JSON string token through out, escaped as the encoder escapes:
+   quote, backslash and control bytes. 0, or -1 when out refused a piece. */
+int tarry_json_write_string(const char *s, size_t n, tarry_json_out out, void *data);
 
 /* Pushes the Lua value of j: objects as plain tables, arrays as marked tables, null as the
    sentinel. Raises if j nests deeper than TARRY_JSON_MAX_DEPTH.  [-0, +1, e] */

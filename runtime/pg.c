@@ -209,11 +209,10 @@ static const char *param_text(lua_State *L, int i)
         break;
     case LUA_TSTRING: lua_pushvalue(L, i); break;
     case LUA_TTABLE: {
-        json_t *j = tarry_json_from_lua(L, i, "parameter", 0, err, sizeof err);
-        char *text = j ? tarry_json_dump(j) : NULL;
-        json_decref(j);
-        if (!text) luaL_error(L, "query parameter %d: %s", i, j ? "cannot encode" : err);
-        lua_pushstring(L, text);
+        size_t len;
+        char *text = tarry_json_encode(L, i, "parameter", 0, &len, err, sizeof err);
+        if (!text) luaL_error(L, "query parameter %d: %s", i, err);
+        lua_pushlstring(L, text, len);
         free(text);
         break;
     }

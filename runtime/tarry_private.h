@@ -11,8 +11,6 @@
 #include "json.h"
 
 /* The JSON codec (json.c); declared in json.h too. */
-json_t *tarry_json_from_lua(lua_State *L, int idx, const char *path, int object_only, char *err, size_t errlen);
-char *tarry_json_dump(const json_t *j);
 void tarry_json_push(lua_State *L, const json_t *j);
 int tarry_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
 #include "tarry.h"

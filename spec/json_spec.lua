@@ -99,8 +99,9 @@ describe("json floats", function()
     assert.are.equal("5e-324", encode(5e-324))
   end)
 
-  it("use one precision for the whole document, the one its hardest real needs", function()
-    assert.are.equal("[0.10000000000000001,0.30000000000000004]", encode { 0.1, 0.1 + 0.2 })
+  it("each take the fewest digits that read back exactly, whatever the others need", function()
+    assert.are.equal("[0.1,0.30000000000000004,1.5e-5]", encode { 0.1, 0.1 + 0.2, 1.5e-5 })
+    assert.are.equal('{"a":0.1,"b":[2.5,0.30000000000000004]}', encode { b = { 2.5, 0.1 + 0.2 }, a = 0.1 })
   end)
 
   it("keep a decimal point when integral, so they decode as floats", function()
