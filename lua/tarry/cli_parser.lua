@@ -161,14 +161,17 @@ end
 -- --conninfo before the command or after it. (Two targets: argparse resets a target when a command
 -- declares an option of the same name.) After it, --query-timeout too (tarry.cli sets it as the
 -- default of every connector, the app's included).
-local function conninfo(p, command)
-  option(p, command, "--conninfo", "A libpq connection string (or URI); without it, libpq's PG* variables apply. "
-    .. "With --app, it replaces the conninfo of the app's connector.",
+-- `app`: whether the command takes --app (schema and healthchecks do not).
+local function conninfo(p, command, app)
+  local with_app = command == "" and " With a command's --app, it replaces the conninfo of the app's connector."
+    or app and " With --app, it replaces the conninfo of the app's connector." or ""
+  option(p, command, "--conninfo", "A libpq connection string (or URI); without it, libpq's PG* variables apply."
+    .. with_app,
     { argname = "CONNINFO", target = command == "" and "root_conninfo" or "conninfo", env = command ~= "" })
   if command == "" then return end
   option(p, command, "--query-timeout", "Seconds a database query may wait for its answer before its connection "
-    .. "is dropped and it fails (default 30; 0: no limit); for every connector that does not set query_timeout, "
-    .. "--app's included.", { argname = "S", convert = query_timeout })
+    .. "is dropped and it fails (default 30; 0: no limit)" .. (app and "; for every connector that does not set "
+    .. "query_timeout, --app's included." or "."), { argname = "S", convert = query_timeout })
 end
 
 local function help_flag(p, on_help)
@@ -224,7 +227,7 @@ local function define_worker(p, on_help)
         if not host then return nil, port end
         return { host = host, port = port }
       end })
-  conninfo(c, "worker")
+  conninfo(c, "worker", true)
 end
 
 local function define_defer(p, on_help)
@@ -252,7 +255,7 @@ local function define_defer(p, on_help)
   option(c, "defer", "--unknown", "With --app, defer a task the app does not define.", { flag = true })
   option(c, "defer", "--json", "Print the result as JSON: the job, or with --from a summary with the ids.",
     { flag = true })
-  conninfo(c, "defer")
+  conninfo(c, "defer", true)
 end
 
 local function define_admin(p, on_help)
@@ -274,7 +277,7 @@ local function manager_options(c, scope, json_text)
   option(c, scope, "--app", "A Lua file that returns the tarry.App (default: an app on a PgConnector of "
     .. "--conninfo, or of libpq's PG* variables).", { argname = "FILE" })
   option(c, scope, "--json", json_text or "Print the result as JSON (a listing: an array).", { flag = true })
-  conninfo(c, scope)
+  conninfo(c, scope, true)
 end
 
 -- The filters of jobs:list, jobs:queues and the like.
@@ -369,7 +372,7 @@ local function define_jobs(p, on_help)
   help_flag(c, on_help)
   option(c, "shell", "--app", "A Lua file that returns the tarry.App (default: an app on a PgConnector of "
     .. "--conninfo, or of libpq's PG* variables).", { argname = "FILE" })
-  conninfo(c, "shell")
+  conninfo(c, "shell", true)
 end
 
 -- tarry dashboard (tarry/cli_dashboard.lua, tarry/dashboard/).
@@ -394,7 +397,7 @@ local function define_dashboard(p, on_help)
     end })
   option(c, "dashboard", "--base-path", "Serve under this path (default /), e.g. /jobs behind a proxy.",
     { argname = "PATH", convert = function(s) return require("tarry.dashboard.server").base_path(s) end })
-  conninfo(c, "dashboard")
+  conninfo(c, "dashboard", true)
 end
 
 local function define_misc(p, on_help, names)
