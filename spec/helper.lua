@@ -18,3 +18,23 @@ end
 -- README's example and spec/embed_loop_spec.lua would each open it: load it once, here, before
 -- insulation, so every file gets this copy.
 pcall(require, "luv")
+
+-- os.tmpname() creates an empty file, and many specs only use its name as a base ("<name>.lua",
+-- a directory made after removing it): at the end of the suite, remove every name it gave that is
+-- still a plain file or an empty directory, and the "<name>.lua" files written beside them, so
+-- spec runs leave no /tmp/lua_XXXXXX behind.
+do
+  local tmpname, names = os.tmpname, {}
+  os.tmpname = function()
+    local name = tmpname()
+    names[#names + 1] = name
+    return name
+  end
+  require("busted").subscribe({ "suite", "end" }, function()
+    for _, name in ipairs(names) do          -- a directory that is not empty stays
+      os.remove(name)
+      os.remove(name .. ".lua")
+    end
+    return nil, true
+  end)
+end
