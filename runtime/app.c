@@ -208,33 +208,30 @@ static void each_job(lua_State *L, int jobs,
 #define BATCH_TEXT_MT "tarry.app.batch_text"
 
 typedef struct batch_text {
-    char *p;
-    size_t n, cap;
+    tarry_json_buf text;
     int oom;
 } batch_text;
 
 static int batch_text_gc(lua_State *L)
 {
     batch_text *b = luaL_checkudata(L, 1, BATCH_TEXT_MT);
-    free(b->p);
-    b->p = NULL;
+    free(b->text.p);
+    b->text.p = NULL;
     return 0;
+}
+
+/* [-0, +1, m] */
+static batch_text *new_batch_text(lua_State *L)
+{
+    batch_text *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    luaL_setmetatable(L, BATCH_TEXT_MT);
+    return b;
 }
 
 static void put(batch_text *b, const char *s, size_t n)
 {
-    if (b->oom) return;
-    if (b->cap - b->n < n + 1) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *p;
-        while (cap - b->n < n + 1) cap *= 2;
-        if (!(p = realloc(b->p, cap))) { b->oom = 1; return; }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
+    if (!b->oom && tarry_json_buf_out(s, n, &b->text) != 0) b->oom = 1;
 }
 
 #define PUT_LITERAL(b, s) put((b), (s), sizeof(s) - 1)
@@ -316,32 +313,31 @@ static void put_job(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
    defer statement reads.  [-0, +1, e] */
 static void push_batch_text(lua_State *L, int jobs)
 {
-    batch_text *b = lua_newuserdatauv(L, sizeof *b, 0);
-    memset(b, 0, sizeof *b);
-    luaL_setmetatable(L, BATCH_TEXT_MT);
+    batch_text *b = new_batch_text(L);
     each_job(L, jobs, put_job, b);
     if (b->oom) luaL_error(L, "out of memory");
-    if (b->n == 0) lua_pushliteral(L, "[]");
-    else lua_pushlstring(L, b->p, b->n);
-    free(b->p);
-    b->p = NULL;
+    if (b->text.n == 0) lua_pushliteral(L, "[]");
+    else lua_pushlstring(L, b->text.p, b->text.n);
+    free(b->text.p);
+    b->text.p = NULL;
     lua_remove(L, -2);
 }
 
 /* -- the jobs as tables, for a connector written in Lua (MemoryConnector, a user's) --
    connector:defer_jobs(list) where each job has queue_name, task_name, priority, lock,
-   queueing_lock, args (JSON text), scheduled_at. */
+   queueing_lock, args (JSON text), scheduled_at. The args of every job are written in turn into
+   one batch_text (freed by its __gc, on an error too). */
+typedef struct job_list { int list; batch_text *args; } job_list;
+
 static void push_job_table(lua_State *L, job_fields *f, size_t i, size_t n, void *data)
 {
     static const char *const names[4] = { "task_name", "queue_name", "lock", "queueing_lock" };
-    int list = *(int *)data;
-    batch_text *text = lua_newuserdatauv(L, sizeof *text, 0);   /* freed by its __gc on an error */
-    memset(text, 0, sizeof *text);
-    luaL_setmetatable(L, BATCH_TEXT_MT);
-    write_args(L, f, i, n, put_cb, text);
-    if (text->oom) luaL_error(L, "out of memory");
+    job_list *jl = data;
+    jl->args->text.n = 0;
+    write_args(L, f, i, n, put_cb, jl->args);
+    if (jl->args->oom) luaL_error(L, "out of memory");
     lua_createtable(L, 0, 7);
-    lua_pushlstring(L, text->p, text->n);
+    lua_pushlstring(L, jl->args->text.p, jl->args->text.n);
     lua_setfield(L, -2, "args");
     for (int k = 0; k < 4; k++) {
         if (!f->str[k]) continue;
@@ -351,18 +347,20 @@ static void push_job_table(lua_State *L, job_fields *f, size_t i, size_t n, void
     lua_pushinteger(L, f->priority);
     lua_setfield(L, -2, "priority");
     if (f->has_at) { lua_pushnumber(L, f->at); lua_setfield(L, -2, "scheduled_at"); }
-    lua_rawseti(L, list, (lua_Integer)i);
+    lua_rawseti(L, jl->list, (lua_Integer)i);
 }
 
 static int defer_through_lua(lua_State *L, int conn, int jobs)
 {
-    int list;
+    job_list jl;
     if (lua_getfield(L, conn, "defer_jobs") == LUA_TNIL)
         return luaL_error(L, "the app's connector has no defer_jobs method");
     lua_pushvalue(L, conn);
     lua_createtable(L, (int)luaL_len(L, jobs), 0);
-    list = lua_gettop(L);
-    each_job(L, jobs, push_job_table, &list);
+    jl.list = lua_gettop(L);
+    jl.args = new_batch_text(L);
+    each_job(L, jobs, push_job_table, &jl);
+    lua_pop(L, 1);                      /* the args' text (collected later) */
     lua_call(L, 2, 1);
     return 1;
 }

@@ -258,16 +258,17 @@ int tarry_json_write_string(const char *s, size_t n, tarry_json_out out, void *d
     return 0;
 }
 
-/* Checks a string or key for what JSON or jsonb cannot hold: 0 (with the error written) if bad. */
-static int check_text(const Encoder *e, const Step *at, const char *s, size_t len, const char *what)
+/* Checks a string (or a key) for what JSON or jsonb cannot hold: 0 (with the error written) if
+   bad. */
+static int check_text(const Encoder *e, const Step *at, const char *s, size_t len, int key)
 {
     size_t good;
     const char *nul;
     if ((good = tarry_json_utf8_valid(s, len)) < len)
-        return reject(e, at, "invalid UTF-8 in %s at byte %zu", what, good + 1);
+        return reject(e, at, "invalid UTF-8 in %s at byte %zu", key ? "key" : "string", good + 1);
     /* PostgreSQL's jsonb cannot store \u0000: refuse it here, with the path, not at insert time */
     if ((nul = memchr(s, 0, len)) != NULL)
-        return what[0] == 'k'
+        return key
             ? reject(e, at, "NUL byte in key (JSON decoders reject it)")
             : reject(e, at, "NUL byte in string at byte %zu (PostgreSQL's jsonb rejects \\u0000)",
                      (size_t)(nul - s) + 1);
@@ -278,7 +279,7 @@ static int write_string(const Encoder *e, int idx, const Step *at)
 {
     size_t len;
     const char *s = lua_tolstring(e->L, idx, &len);
-    if (!check_text(e, at, s, len, "string"))
+    if (!check_text(e, at, s, len, 0))
         return 0;
     return tarry_json_write_string(s, len, e->out, e->out_data) == 0 ? 1
                                                                       : reject(e, at, "out of memory");
@@ -426,18 +427,20 @@ static int write_members(const Encoder *e, int t, Key *keys, size_t nkeys, const
     Step step = step_into(e, t, at);
     size_t i = 0;
     lua_pushnil(e->L);
-    while (lua_next(e->L, t) && i < nkeys) {
+    while (lua_next(e->L, t)) {          /* every key is a string: check_shape counted nkeys */
         lua_pop(e->L, 1);
-        keys[i].s = lua_tolstring(e->L, -1, &keys[i].n);
-        i++;
+        if (i < nkeys) {
+            keys[i].s = lua_tolstring(e->L, -1, &keys[i].n);
+            i++;
+        }
     }
-    if (i == nkeys && nkeys > 1)
+    if (nkeys > 1)
         qsort(keys, nkeys, sizeof *keys, key_order);
     for (i = 0; i < nkeys; i++) {
         int ok;
         step.key = keys[i].s;
         step.keylen = keys[i].n;
-        if (!check_text(e, &step, step.key, step.keylen, "key"))
+        if (!check_text(e, &step, step.key, step.keylen, 1))
             return 0;
         if (!emit_text(e, at, i ? "," : "{", 1)
             || tarry_json_write_string(step.key, step.keylen, e->out, e->out_data) != 0
@@ -510,15 +513,9 @@ int tarry_json_write(lua_State *L, int idx, const char *path, int object_only, t
     return ok;
 }
 
-/* A growing malloc'd text, for tarry_json_encode. */
-typedef struct Text {
-    char *p;
-    size_t n, cap;
-} Text;
-
-static int text_out(const char *s, size_t n, void *data)
+int tarry_json_buf_out(const char *s, size_t n, void *data)
 {
-    Text *t = data;
+    tarry_json_buf *t = data;
     if (t->cap - t->n < n + 1) {
         size_t cap = t->cap ? t->cap : 64;
         char *p;
@@ -538,8 +535,8 @@ static int text_out(const char *s, size_t n, void *data)
 char *tarry_json_encode(lua_State *L, int idx, const char *path, int object_only, size_t *len,
                         char *err, size_t errlen)
 {
-    Text t = {NULL, 0, 0};
-    if (!tarry_json_write(L, idx, path, object_only, text_out, &t, err, errlen)) {
+    tarry_json_buf t = {NULL, 0, 0};
+    if (!tarry_json_write(L, idx, path, object_only, tarry_json_buf_out, &t, err, errlen)) {
         free(t.p);
         return NULL;
     }
@@ -562,7 +559,7 @@ static int real_precision(double x, int p)
     return p;
 }
 
-/* Text written to p, or only measured while p is NULL. */
+/* Text written to p. */
 typedef struct Out {
     char *p;
     size_t n;
@@ -570,15 +567,13 @@ typedef struct Out {
 
 static void emit(Out *o, const char *s, size_t n)
 {
-    if (o->p)
-        memcpy(o->p + o->n, s, n);
+    memcpy(o->p + o->n, s, n);
     o->n += n;
 }
 
 static void emit_zeros(Out *o, size_t n)
 {
-    if (o->p)
-        memset(o->p + o->n, '0', n);
+    memset(o->p + o->n, '0', n);
     o->n += n;
 }
 

@@ -29,6 +29,15 @@ typedef int (*tarry_json_out)(const char *text, size_t len, void *data);
 int tarry_json_write(lua_State *L, int idx, const char *path, int object_only, tarry_json_out out,
                      void *data, char *err, size_t errlen);
 
+/* A growing malloc'd text (p NUL-terminated once anything was written; free(p) when done),
+   and the tarry_json_out that appends to it (data: the tarry_json_buf). */
+typedef struct tarry_json_buf {
+    char *p;
+    size_t n, cap;
+} tarry_json_buf;
+
+int tarry_json_buf_out(const char *text, size_t len, void *buf);
+
 /* The same text, malloc'd and NUL-terminated (free()), its length in *len if len is not NULL;
    NULL with the message in err (or "out of memory").  [-0, +0, m] */
 char *tarry_json_encode(lua_State *L, int idx, const char *path, int object_only, size_t *len,
