@@ -165,7 +165,8 @@ end
 local function conninfo(p, command, app)
   local with_app = command == "" and " With a command's --app, it replaces the conninfo of the app's connector."
     or app and " With --app, it replaces the conninfo of the app's connector." or ""
-  option(p, command, "--conninfo", "A libpq connection string (or URI); without it, libpq's PG* variables apply."
+  option(p, command, "--conninfo", "A libpq connection string (or URI); without it (or TARRY_CONNINFO), libpq's PG* variables "
+    .. "apply."
     .. with_app,
     { argname = "CONNINFO", target = command == "" and "root_conninfo" or "conninfo", env = command ~= "" })
   if command == "" then return end
