@@ -119,9 +119,10 @@ end
 
 local function json_or_null(s) return s == nil and "null" or core.json_encode(s) end
 
--- One job as the PgConnector's statement reads it (runtime/app.c's job_json); args is JSON text.
+-- One job as the PgConnector's statement reads it (runtime/app.c's put_job and DEFER_SQL): the array
+-- [task, queue, lock, queueing_lock, priority, at, args]; args is JSON text.
 local function job_json(j)
-  return string.format('{"task":%s,"queue":%s,"lock":%s,"queueing_lock":%s,"priority":%d,"at":%s,"args":%s}',
+  return string.format('[%s,%s,%s,%s,%d,%s,%s]',
     core.json_encode(j.task_name), core.json_encode(j.queue_name), json_or_null(j.lock),
     json_or_null(j.queueing_lock), j.priority, j.scheduled_at and string.format("%.17g", j.scheduled_at) or "null",
     j.args)
