@@ -41,13 +41,27 @@ local Proc = {}
 Proc.__index = Proc
 local started = {}
 
---- Kill every process a spec started that is still running (for after_each).
+--- Kill every process a spec started that is still running (for after_each), and remove each
+--- one's directory (its log, pid and exit files) once its shell has written the exit code.
 function M.kill_all()
   for p in pairs(started) do
     if not read(p.exitfile) then p:signal("KILL") end
+    for _ = 1, 100 do                  -- the shell writes the code as soon as the kill is reaped
+      if read(p.exitfile) then break end
+      os.execute("sleep 0.02")
+    end
+    if read(p.exitfile) then
+      for _, f in ipairs { p.log, p.pidfile, p.exitfile } do os.remove(f) end
+      os.remove(p.dir)
+    end
     started[p] = nil
   end
 end
+-- The same at the end of the suite, for specs that start processes without it in after_each.
+require("busted").subscribe({ "suite", "end" }, function()
+  M.kill_all()
+  return nil, true
+end)
 
 --- Start a shell command line in the background (it is run by sh; `env` is prepended, as in
 --- "A=1 B=2 "); its stdout and stderr go to a log file. Killed by M.kill_all if still running.
