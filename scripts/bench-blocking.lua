@@ -37,8 +37,17 @@ app:task("quick", function(args, ctx) mark(ctx, "start") end)
 return app
 ]]
 
+-- Every temporary file made below, removed at the end.
+local temp = {}
+local function tmpname()
+  local name = os.tmpname()
+  temp[#temp + 1] = name
+  return name
+end
+
 local function app_file(conninfo)
-  local path = os.tmpname() .. ".lua"
+  local path = tmpname() .. ".lua"
+  temp[#temp + 1] = path
   local f = assert(io.open(path, "w"))
   f:write(string.format(TASKS, conninfo))
   f:close()
@@ -46,7 +55,7 @@ local function app_file(conninfo)
 end
 
 local function worker(file, args)
-  local pidfile = os.tmpname()
+  local pidfile = tmpname()
   assert(os.execute(string.format("%s worker --app %s %s >/dev/null 2>&1 & echo $! > %s", TARRY, file, args, pidfile)))
   local f = assert(io.open(pidfile))
   local pid = f:read("n")
@@ -133,3 +142,4 @@ print(string.format("  1 thread:  %.2f s", t1))
 local t2 = span(2)
 print(string.format("  2 threads: %.2f s   speed-up %.2fx", t2, t1 / t2))
 admin:execute("DROP DATABASE IF EXISTS bench_blocking WITH (FORCE)")
+for _, name in ipairs(temp) do os.remove(name) end

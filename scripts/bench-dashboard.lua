@@ -150,6 +150,8 @@ for _, case in ipairs(CASES) do
   end
 end
 os.execute(string.format("kill $(cat %s.pid)", out))
+os.remove(out)
+os.remove(out .. ".pid")
 print(string.format("\nDashboard on %d jobs, %d events (ms, median and p95 of %d runs)", total, events, RUNS))
 print("| request                                       |   median |      p95 |")
 print("|-----------------------------------------------|----------|----------|")
