@@ -49,6 +49,14 @@ function Ledger:runs()
   return runs
 end
 
+--- Whether jobs 1..n have each begun their body (noted a run). A job `doing` may only be
+--- prefetched, and a worker's stop puts such a job back to todo: wait for this before a signal.
+function Ledger:started(n)
+  local runs = self:runs()
+  for id = 1, n do if not runs[id] then return false end end
+  return true
+end
+
 --- Defer `n` jobs of `task` in one statement, each with args `args` (a JSON object text) plus
 --- {"n": 1..n}. Returns nothing; the ids are 1..n on a fresh database.
 function L.defer(name, n, task, args)
