@@ -359,7 +359,9 @@ static int defer_through_lua(lua_State *L, int conn, int jobs)
     jl.list = lua_gettop(L);
     jl.args = new_batch_text(L);
     each_job(L, jobs, push_job_table, &jl);
-    lua_pop(L, 1);                      /* the args' text (collected later) */
+    free(jl.args->text.p);              /* now, not when the collector gets to it */
+    jl.args->text.p = NULL;
+    lua_pop(L, 1);
     lua_call(L, 2, 1);
     return 1;
 }
