@@ -28,7 +28,7 @@ describe("tarry worker on SIGTERM while long jobs run", function()
     ledger.defer(name, 4, "gate", string.format('{"file": %q}', gate))
     ledger.defer(name, 20, "work")
     local w = worker(app, "-c 4")
-    proc.until_true_while({ w }, function() return ledger.count(name, "doing") == 4 and book:started(4) end, 30, "4 jobs to start")
+    proc.until_true_while({ w }, function() return book:started(4) end, 30, "4 jobs to start")
     w:signal("TERM")
     w:wait_for("stopping after the running jobs", 1, 30)
     assert(io.open(gate, "w")):close()               -- only now may the long jobs end
@@ -44,7 +44,7 @@ describe("tarry worker on SIGTERM while long jobs run", function()
     ledger.defer(name, 2, "gate", string.format('{"file": %q}', gate))   -- never opened: they run until cut
     ledger.defer(name, 2, "flaky", '{"s": 600}')                        -- long on their first attempt only
     local w = worker(app, "-c 4")
-    proc.until_true_while({ w }, function() return ledger.count(name, "doing") == 4 and book:started(4) end, 30, "4 jobs to start")
+    proc.until_true_while({ w }, function() return book:started(4) end, 30, "4 jobs to start")
     w:signal("TERM")
     w:wait_for("stopping after the running jobs", 1, 30)
     w:signal("TERM")

@@ -36,25 +36,18 @@ local function defer(name, task, opts)
 end
 
 -- An app file with a "gate" task that runs until the returned file exists (at most 120 s) and a
--- "quick" task (quick_body: its function's source; a no-op by default). The gate task first
--- creates gate .. ".started" (the third result tells whether it has).
+-- "quick" task (quick_body: its function's source; a no-op by default).
 local function gate_app(name, quick_body)
   local gate = os.tmpname()
   os.remove(gate)
   local app = proc.app_file(name, string.format([[
 app:task("quick", %s)
 app:task("gate", function(_, ctx)
-  io.open(%q, "w"):close()
   local deadline = os.time() + 120
   while not io.open(%q) and os.time() < deadline do ctx:sleep(0.02) end
 end)
-]], quick_body or "function() end", gate .. ".started", gate))
-  local function started()
-    local f = io.open(gate .. ".started")
-    if f then f:close() end
-    return f ~= nil
-  end
-  return app, gate, started
+]], quick_body or "function() end", gate))
+  return app, gate
 end
 
 for _, schema in ipairs(SCHEMAS) do
@@ -230,19 +223,19 @@ for _, schema in ipairs(SCHEMAS) do
     end)
 
     it("a graceful stop puts the prefetched jobs back to todo and runs those that cannot go back", function()
-      local app, gate, gate_started = gate_app(t.name)
+      local app, gate = gate_app(t.name)
       for _ = 1, 5 do defer(t.name, "quick") end
       local held = defer(t.name, "gate")
       local qlocked = defer(t.name, "quick", { queueing_lock = "Q" })
       for _ = 1, 20 do defer(t.name, "quick") end
       local w = proc.start("worker --app " .. app .. " -c 1 --prefetch 8 --prefetch-hold 600 --log-level debug")
-      -- The gate job runs (its body has begun: a prefetched gate job is doing too, and a stop
-      -- before it starts would put it back); the worker holds prefetched jobs besides it (doing,
-      -- with its id): qlocked and at least one more. Only 2 are waited for: how many the worker
-      -- takes ahead follows the pace of its recent jobs (PREFETCH_WINDOW), which a loaded or
-      -- sanitized run makes slow.
+      -- The gate job runs (the worker logged its start: a prefetched gate job is doing too, and
+      -- a stop before it starts would put it back); the worker holds prefetched jobs besides it
+      -- (doing, with its id): qlocked and at least one more. Only 2 are waited for: how many the
+      -- worker takes ahead follows the pace of its recent jobs (PREFETCH_WINDOW), which a loaded
+      -- or sanitized run makes slow.
       proc.until_true_while({ w }, function()
-        return gate_started()
+        return w:count(" job " .. held .. " gate started$") == 1
           and W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' AND id > " .. held) >= 2
       end, 60, "the worker to prefetch jobs while the gate job runs")
       assert.are.same({ "doing", 0 }, W.state(t.name, qlocked))
@@ -253,7 +246,6 @@ for _, schema in ipairs(SCHEMAS) do
       assert(io.open(gate, "w")):close()
       assert.are.equal(0, w:wait(60), w:output())
       os.remove(gate)
-      os.remove(gate .. ".started")
       assert.are.same({ "succeeded", 1 }, W.state(t.name, held))
       assert.are.same({ "succeeded", 1 }, W.state(t.name, qlocked), w:output())   -- run before the worker stopped
       assert.are.equal(0, W.count(t.name, "FROM procrastinate_jobs WHERE status = 'doing' OR worker_id IS NOT NULL"))
@@ -291,7 +283,6 @@ describe("a prefetched job whose abort is requested", function()
     w:signal("TERM")
     assert.are.equal(0, w:wait(60), w:output())
     os.remove(gate)
-    os.remove(gate .. ".started")
     assert.are.equal("deferred,started,abort_requested,aborted", W.events(name, victim))
     assert.are.same({ "succeeded", 1 }, W.state(name, held))
     local runs = proc.read(ran) or ""
@@ -322,7 +313,6 @@ describe("prefetched jobs behind a long job", function()
     w:signal("TERM")
     assert.are.equal(0, w:wait(60), w:output())
     os.remove(gate)
-    os.remove(gate .. ".started")
     assert.are.same({ "succeeded", 1 }, W.state(name, held))
   end)
 end)
@@ -374,7 +364,6 @@ describe("a worker whose outcomes cannot be written for a while", function()
     db.psql(name, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tarry_spec_lock'")
     assert.are.equal(0, w:wait(120), w:output())
     os.remove(gate)
-    os.remove(gate .. ".started")
     assert.are.equal(201, W.count(name, "FROM procrastinate_jobs WHERE status = 'succeeded' AND attempts = 1"))
   end)
 end)
